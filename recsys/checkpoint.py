@@ -1,0 +1,117 @@
+"""Checkpoints: safetensors tensors + one JSON state file, written atomically.
+
+A checkpoint dir holds `model.safetensors`, `optimizer.safetensors` (tensor part of the optimizer
+state and the torch RNG state) and `state.json` (epoch, step, early-stopping state, optimizer
+hyper-parameters and the resolved config), so a model can be rebuilt from it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recsys.config import Config, config_from_dict, config_to_dict
+from recsys.models import build_model
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any],
+    config: Config,
+) -> None:
+    """Write a complete checkpoint at `path`, replacing any old one only once the new is whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    tensors, opt_meta = _split_optimizer(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, tmp / "optimizer.safetensors")
+    doc = {"state": state, "optimizer": opt_meta, "config": config_to_dict(config)}
+    (tmp / "state.json").write_text(json.dumps(doc, indent=1))  # inside tmp: atomic via rename
+    _swap_in(tmp, path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The JSON part of a checkpoint (state, optimizer hyper-parameters, config)."""
+    path = _existing(path)
+    return json.loads((path / "state.json").read_text())
+
+
+def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Load weights, optimizer and RNG state in place; returns the training state dict."""
+    path = _existing(path)
+    doc = json.loads((path / "state.json").read_text())
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    tensors = load_file(path / "optimizer.safetensors")
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    if optimizer is not None:
+        optimizer.load_state_dict(_join_optimizer(tensors, doc["optimizer"]))
+    return doc["state"]
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load only the model weights of a checkpoint into `model`."""
+    model.load_state_dict(load_file(_existing(path) / "model.safetensors"))
+
+
+def load_model(path: Path) -> tuple[nn.Module, Config]:
+    """Rebuild a model from a checkpoint dir alone (config + weights), in eval mode."""
+    path = _existing(path)
+    doc = json.loads((path / "state.json").read_text())
+    config = config_from_dict(doc["config"])
+    weights = load_file(path / "model.safetensors")
+    model = build_model(config.model, doc["state"]["n_items"])
+    model.load_state_dict(weights)
+    return model.eval(), config
+
+
+def _split_optimizer(optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict]:
+    """Optimizer state_dict -> (flat tensors, JSON-able rest)."""
+    if optimizer is None:
+        return {}, {"state": {}, "param_groups": []}
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, slots in sd["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{pid}.{name}"] = value.contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"state": scalars, "param_groups": sd["param_groups"]}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["state"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`; the old copy survives as `path.old` until the rename is done."""
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _existing(path: Path) -> Path:
+    """The checkpoint at `path`, or its `.old` copy if a crash hit between the two renames."""
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + ".old")):
+        if (candidate / "state.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no checkpoint at {path}")

@@ -1,0 +1,91 @@
+"""`recsys` command line: parses arguments and calls library functions, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"recsys {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _prepare(args) -> None:
+    from recsys.data import prepare
+
+    mapping = yaml.safe_load(Path(args.mapping).read_text()) if args.mapping else None
+    info = prepare(args.source, args.path, args.out, mapping)
+    print(json.dumps(info, indent=2, default=str))
+
+
+def _train(args) -> None:
+    from recsys import fit, load_config
+    from recsys.report import table
+
+    config = None if args.resume else load_config(args.config, args.set)
+    result = fit(config, resume=args.resume)
+    test = result.metrics["test"]
+    print(table(("test metric", "value"), [(k, v) for k, v in test.items()]))
+    print(f"run dir: {result.run_dir}")
+
+
+def _evaluate(args) -> None:
+    from recsys.report import table
+    from recsys.runs import evaluate_run
+
+    metrics = evaluate_run(args.run, args.split)
+    print(table((f"{args.split} metric", "value"), list(metrics.items())))
+
+
+def _pipeline(args) -> None:
+    from recsys import load_config
+    from recsys.pipeline import run_pipeline, summary
+
+    config = load_config(args.config, args.set)
+    print(summary(config, run_pipeline(config)))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="convert raw files into a canonical dataset dir")
+    p.add_argument("--source", required=True, help="converter, e.g. movielens-100k")
+    p.add_argument("path", help="folder with the raw files")
+    p.add_argument("--out", required=True, help="dataset dir to write")
+    p.add_argument("--mapping", help="YAML column mapping (source 'tabular')")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("train", help="train a model from an experiment config")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", help="experiment YAML")
+    group.add_argument("--resume", help="run dir of a killed run to continue")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. train.lr=3e-4 (repeatable)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
+    p.add_argument("--run", required=True, help="run dir")
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("pipeline", help="prepare, train, evaluate and summarise")
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_pipeline)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

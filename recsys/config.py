@@ -1,0 +1,187 @@
+"""Experiment configuration: one YAML file -> frozen dataclasses.
+
+Every section is a small frozen dataclass; a model receives only its own section. Loading is
+strict: an unknown key or a value of the wrong type is an error that names the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "movielens-latest"  # converter name (recsys prepare --help lists them)
+    raw: str = "data/sample/ml-latest-small"  # raw files, relative to the working directory
+    dir: str = "data/prepared/ml-latest-small"  # canonical dataset dir written by prepare
+    mapping: dict[str, Any] | None = None  # column mapping for source "tabular"
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    max_len: int = 200  # history positions the model sees (most recent kept)
+    dim: int = 64  # embedding and hidden size
+    layers: int = 2  # transformer blocks
+    heads: int = 1  # attention heads
+    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
+    ffn_mult: int = 4  # feed-forward width = ffn_mult * dim
+
+
+@dataclass(frozen=True)
+class PopularityConfig:
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["popularity", "sasrec"] = "sasrec"
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 42  # seeds weights, shuffling and dropout
+    epochs: int = 200  # upper bound; early stopping usually ends sooner
+    batch_size: int = 128  # user sequences per step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    eval_every: int = 1  # validate every N epochs
+    patience: int = 10  # validations without a better valid NDCG@10 before stopping
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    runs_dir: str = "runs"  # run directories live here
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    exclude_seen: bool = True  # drop the user's prefix items from the ranking
+    ks: tuple[int, ...] = (10, 20, 50)  # cut-offs for Recall@k / NDCG@k
+    chunk_users: int = 1024  # users scored at once; bounds memory to chunk x items
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "recsys"  # MLflow experiment name
+    uri: str | None = None  # tracking URI; None -> $MLFLOW_TRACKING_URI or sqlite:///mlruns.db
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML experiment file, apply `a.b=value` overrides, and build a frozen Config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from plain data (as read from YAML); strict about keys and types."""
+    return _build(Config, raw, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) that YAML/JSON can store and `config_from_dict` reads."""
+    return _plain(dataclasses.asdict(config))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in nested dict `raw`; the value is parsed as YAML (3e-4, true, [1,2])."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key '{key}' (allowed here: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            allowed = ", ".join(map(repr, typing.get_args(hint)))
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {allowed}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or hint is Any:
+        if origin is dict and not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

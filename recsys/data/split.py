@@ -1,0 +1,72 @@
+"""Leave-one-out split of the evaluation protocol (DESIGN.md).
+
+Per user, interactions are ordered by (timestamp, original row order): the last item is the test
+target, the second-to-last the validation target, the rest is training. Users with fewer than
+three interactions keep everything in training and are not evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.ids import PAD, IdMap
+
+
+@dataclass(frozen=True)
+class Split:
+    """Integer-coded sequences of one dataset; index 0 of any item array means 'none'."""
+
+    users: IdMap  # user index u -> raw user id (user_index = u + 1)
+    items: IdMap  # the whole catalogue, in items.parquet order
+    train: list[np.ndarray]  # per user (n_users,), item indices in time order
+    valid_target: np.ndarray  # (n_users,) item index, PAD if the user is not evaluated
+    test_target: np.ndarray  # (n_users,) item index, PAD if the user is not evaluated
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def eval_users(self, split: str) -> np.ndarray:
+        """Row numbers (into `train`) of users evaluated on `split`."""
+        return np.flatnonzero(self.target(split) != PAD)
+
+    def target(self, split: str) -> np.ndarray:
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        return self.valid_target if split == "valid" else self.test_target
+
+    def history(self, split: str, rows: np.ndarray) -> list[np.ndarray]:
+        """What the model sees before the target: train prefix (+ valid item for test)."""
+        if split == "valid":
+            return [self.train[r] for r in rows]
+        self.target(split)
+        return [np.append(self.train[r], self.valid_target[r]) for r in rows]
+
+    def train_item_counts(self) -> np.ndarray:
+        """(n_items + 1,) interactions per item index in the training part."""
+        flat = np.concatenate(self.train) if self.train else np.zeros(0, np.int64)
+        return np.bincount(flat, minlength=self.n_items + 1)
+
+
+def leave_one_out(interactions: pd.DataFrame, item_ids: pd.Series) -> Split:
+    """Split canonical interactions (row order = raw file order) for the whole catalogue."""
+    items = IdMap(item_ids)
+    users = IdMap(interactions["user_id"])
+    user_idx = users.index(interactions["user_id"])
+    item_idx = items.index(interactions["item_id"])
+    order = np.lexsort((np.arange(len(interactions)), interactions["timestamp"].to_numpy(), user_idx))
+    user_sorted, item_sorted = user_idx[order], item_idx[order]
+    bounds = np.flatnonzero(np.diff(user_sorted)) + 1
+    sequences = np.split(item_sorted, bounds)  # in user index order, since users sort first
+
+    train, valid, test = [], np.zeros(len(users), np.int64), np.zeros(len(users), np.int64)
+    for row, seq in enumerate(sequences):
+        if len(seq) >= 3:
+            train.append(seq[:-2])
+            valid[row], test[row] = seq[-2], seq[-1]
+        else:
+            train.append(seq)
+    return Split(users=users, items=items, train=train, valid_target=valid, test_target=test)

@@ -1,0 +1,94 @@
+"""Full-ranking evaluation, chunked over users so memory stays at chunk x catalogue.
+
+Every evaluated user's held-out item is ranked against **all** items. Items of the user's prefix
+are removed from the ranking when `exclude_seen` is on (the target itself is always kept);
+metrics without that masking are reported as well, with the suffix `_all`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from features.sequences import pad_left
+from recsys.config import EvalConfig
+from recsys.data.split import Split
+from recsys.metrics import coverage, mrr_at_k, ndcg_at_k, recall_at_k
+
+
+@torch.inference_mode()
+def rank_targets(
+    model: nn.Module, split: Split, which: str, config: EvalConfig
+) -> dict[str, np.ndarray]:
+    """0-based ranks of each evaluated user's target, plus the top-10 lists.
+
+    Returns `ranks` and `ranks_all` (n_eval,) int64 (with / without seen masking) and
+    `top10` (n_eval, 10) item indices under the configured setting.
+    """
+    model.eval()
+    rows = split.eval_users(which)
+    targets = split.target(which)[rows]
+    ranks, ranks_all, top10 = [], [], []
+    for start in range(0, len(rows), config.chunk_users):
+        chunk = rows[start : start + config.chunk_users]
+        target = torch.as_tensor(targets[start : start + len(chunk)])
+        histories = split.history(which, chunk)
+        inputs = torch.as_tensor(pad_left(histories, model.max_len))
+        scores = model.score(inputs).float().clone()  # (chunk, n_items + 1)
+        scores[:, 0] = float("-inf")
+        ranks_all.append(_rank_of(scores, target))
+        if config.exclude_seen:
+            _mask_seen(scores, histories, target)
+        ranks.append(_rank_of(scores, target))
+        top10.append(scores.topk(min(10, split.n_items), dim=1).indices)
+    cat = lambda parts: torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)  # noqa: E731
+    return {"ranks": cat(ranks), "ranks_all": cat(ranks_all), "top10": cat(top10)}
+
+
+def ranking_metrics(ranked: dict[str, np.ndarray], split: Split, which: str, config: EvalConfig):
+    """The protocol's metrics from `rank_targets` output, as a flat dict of floats."""
+    ranks, ranks_all = ranked["ranks"], ranked["ranks_all"]
+    out: dict[str, float] = {}
+    for k in config.ks:
+        out[f"recall@{k}"] = recall_at_k(ranks, k)
+        out[f"recall@{k}_all"] = recall_at_k(ranks_all, k)
+    for k in (10, 20):
+        out[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
+        out[f"ndcg@{k}_all"] = ndcg_at_k(ranks_all, k)
+    out["mrr@10"] = mrr_at_k(ranks, 10)
+    out["mrr@10_all"] = mrr_at_k(ranks_all, 10)
+    out["coverage@10"] = coverage(ranked["top10"], split.n_items)
+    cold = _cold_targets(split, which)
+    if cold.any():
+        out["cold_recall@10"] = recall_at_k(ranks[cold], 10)
+    out["users"] = float(len(ranks))
+    out["cold_users"] = float(cold.sum())
+    return out
+
+
+def evaluate(model: nn.Module, split: Split, which: str, config: EvalConfig) -> dict[str, float]:
+    """Rank every evaluated user's `which` target ("valid" or "test") and compute metrics."""
+    return ranking_metrics(rank_targets(model, split, which, config), split, which, config)
+
+
+def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Position of each target; ties go to the lower item index, as a stable sort would."""
+    target_score = scores.gather(1, target[:, None])  # (chunk, 1)
+    items = torch.arange(scores.shape[1])[None, :]
+    ahead = (scores > target_score) | ((scores == target_score) & (items < target[:, None]))
+    return ahead.sum(dim=1)
+
+
+def _mask_seen(scores: torch.Tensor, histories: list[np.ndarray], target: torch.Tensor) -> None:
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+    keep = scores.gather(1, target[:, None])
+    scores[torch.as_tensor(rows), torch.as_tensor(cols)] = float("-inf")
+    scores.scatter_(1, target[:, None], keep)  # a repeated target stays rankable
+
+
+def _cold_targets(split: Split, which: str) -> np.ndarray:
+    """(n_eval,) bool: the target never occurs in any training sequence."""
+    counts = split.train_item_counts()
+    return counts[split.target(which)[split.eval_users(which)]] == 0

@@ -1,0 +1,59 @@
+"""MLflow tracking: where runs go and what each run records.
+
+The default store is an embedded SQLite file `mlruns.db` in the working directory;
+`MLFLOW_TRACKING_URI` (or `tracking.uri` in the config) points at a real server instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from recsys.config import TrackingConfig
+
+DEFAULT_URI = "sqlite:///mlruns.db"
+logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations on first use
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else the embedded SQLite store."""
+    return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def start_run(config: TrackingConfig, run_id: str | None = None, name: str | None = None):
+    """Open a new MLflow run (or reopen `run_id` to resume); use as a context manager."""
+    mlflow.set_tracking_uri(tracking_uri(config))
+    if run_id is not None:
+        return mlflow.start_run(run_id=run_id)
+    mlflow.set_experiment(config.experiment)
+    return mlflow.start_run(run_name=name)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Flatten nested params to dotted keys (MLflow params are flat strings)."""
+    flat = _flatten(params)
+    mlflow.log_params({k: str(v) for k, v in flat.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:
+    safe = {f"{prefix}{k}".replace("@", "_at_"): float(v) for k, v in metrics.items()}
+    mlflow.log_metrics(safe, step=step)
+
+
+def log_file(path: Path, folder: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,164 @@
+"""`fit(config)`: the one training loop, for every model.
+
+A run lives in `runs/<run_id>/` where run_id is the MLflow run id. After every epoch the loop
+writes `checkpoint/last` (weights, optimizer, RNG, early-stopping state), so `fit(..., resume=dir)`
+continues a killed run and ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from features.sequences import length_batches, next_item_pairs
+from recsys import tracking
+from recsys.atomic import write_json, write_text
+from recsys.checkpoint import load_weights, restore_training, save_checkpoint
+from recsys.config import Config, config_from_dict, config_to_dict
+from recsys.data.split import Split
+from recsys.evaluate import evaluate
+from recsys.losses import full_softmax_cross_entropy
+from recsys.models import build_model
+from recsys.plots import training_curve
+from recsys.runs import load_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    run_dir: Path
+    metrics: dict[str, Any]  # {"valid": {...}, "test": {...}, "epochs": n, ...}
+
+
+def fit(config: Config, resume: str | Path | None = None) -> RunResult:
+    """Train `config.model`, validate every `eval_every` epochs, stop early, test the best.
+
+    With `resume` (a run dir) the run's own config and last checkpoint are used instead.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = config.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    split = load_split(config)
+    counts = torch.as_tensor(split.train_item_counts())
+    model = build_model(config.model, split.n_items, counts)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) if trainable else None
+
+    state = {"epoch": 0, "step": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0,
+             "history": [], "n_items": split.n_items, "done": False}
+    with tracking.start_run(config.tracking, run_id=run_dir.name if resume else None,
+                            name=config.model.name) as run:
+        if resume is None:
+            run_dir = _new_run_dir(config, run.info.run_id)
+            tracking.log_params(config_to_dict(config))
+            tracking.log_file(run_dir / "config.yaml")
+        elif (run_dir / "checkpoint" / "last").exists() or (run_dir / "checkpoint" / "last.old").exists():
+            state = restore_training(run_dir / "checkpoint" / "last", model, optimizer)
+            log.info("resumed %s at epoch %d", run_dir, state["epoch"])
+        if optimizer is not None and not state["done"]:
+            state = _train_epochs(model, optimizer, split, config, run_dir, state)
+        return _finish(model, split, config, run_dir, state)
+
+
+def _train_epochs(model, optimizer, split: Split, config: Config, run_dir: Path, state: dict):
+    cfg = config.train
+    users = np.flatnonzero([len(h) >= 2 for h in split.train])  # need one (input, target) pair
+    for epoch in range(state["epoch"], cfg.epochs):
+        started = time.perf_counter()
+        loss = _one_epoch(model, optimizer, split, users, cfg.batch_size, epoch)
+        record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
+        state["step"] += -(-len(users) // cfg.batch_size)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            valid = evaluate(model, split, "valid", config.eval)
+            record.update({f"valid_{k}": v for k, v in valid.items()})
+            if valid["ndcg@10"] > state["best_ndcg"]:
+                state.update(best_ndcg=valid["ndcg@10"], best_epoch=epoch + 1, bad_evals=0)
+                save_checkpoint(run_dir / "checkpoint" / "best", model, None, state, config)
+            else:
+                state["bad_evals"] += 1
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        state["done"] = state["bad_evals"] >= cfg.patience or epoch + 1 == cfg.epochs
+        tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        save_checkpoint(run_dir / "checkpoint" / "last", model, optimizer, state, config)
+        log.info("epoch %d loss %.4f valid ndcg@10 %s", epoch + 1, loss,
+                 record.get("valid_ndcg@10", "-"))
+        if state["done"]:
+            break
+    return state
+
+
+def _one_epoch(model: nn.Module, optimizer, split: Split, users: np.ndarray, batch_size: int,
+               epoch: int) -> float:
+    """One pass over the training users in random order; returns the mean batch loss.
+
+    Batches group users of similar history length (less padding); their order is random.
+    """
+    model.train()
+    lengths = np.array([min(len(h), model.max_len + 1) for h in split.train])
+    batches = length_batches(users[torch.randperm(len(users)).numpy()], lengths, batch_size)
+    total = 0.0
+    bar = tqdm(torch.randperm(len(batches)).tolist(), desc=f"epoch {epoch + 1}", leave=False,
+               disable=None)
+    for b in bar:
+        histories = [split.train[u] for u in batches[b]]
+        inputs, targets = map(torch.as_tensor, next_item_pairs(histories, model.max_len))
+        hidden = model(inputs)  # (batch, L, dim)
+        labelled = targets > 0
+        loss = full_softmax_cross_entropy(model.item_scores(hidden[labelled]), targets[labelled])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(len(batches), 1)
+
+
+def _finish(model, split: Split, config: Config, run_dir: Path, state: dict) -> RunResult:
+    """Test the best checkpoint, write metrics.json and the curve, log both to MLflow."""
+    best = run_dir / "checkpoint" / "best"
+    if (best / "state.json").is_file():
+        load_weights(best, model)
+    else:  # nothing to train (popularity): the model as built is the final one
+        save_checkpoint(best, model, None, state, config)
+    metrics = {
+        "model": config.model.name,
+        "exclude_seen": config.eval.exclude_seen,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "train_seconds": sum(r["seconds"] for r in state["history"]),
+        "valid": evaluate(model, split, "valid", config.eval),
+        "test": evaluate(model, split, "test", config.eval),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    tracking.log_metrics(metrics["test"], prefix="test_")
+    tracking.log_metrics({"best_epoch": state["best_epoch"], "epochs": state["epoch"]})
+    tracking.log_file(run_dir / "metrics.json")
+    if state["history"]:
+        tracking.log_file(training_curve(state["history"], run_dir / "training_curve.png"))
+    return RunResult(run_id=run_dir.name, run_dir=run_dir, metrics=metrics)
+
+
+def _new_run_dir(config: Config, run_id: str) -> Path:
+    run_dir = Path(config.train.runs_dir) / run_id
+    run_dir.mkdir(parents=True)
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    write_text(run_dir / "config.yaml", text)
+    return run_dir
+
+
