@@ -108,6 +108,15 @@ def _swap_in(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def has_checkpoint(path: Path) -> bool:
+    """Whether a complete checkpoint (or its pre-swap `.old` copy) exists at `path`."""
+    try:
+        _existing(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _existing(path: Path) -> Path:
     """The checkpoint at `path`, or its `.old` copy if a crash hit between the two renames."""
     path = Path(path)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from features.sequences import length_batches, next_item_pairs
 from recsys import tracking
 from recsys.atomic import write_json, write_text
-from recsys.checkpoint import load_weights, restore_training, save_checkpoint
+from recsys.checkpoint import has_checkpoint, load_weights, restore_training, save_checkpoint
 from recsys.config import Config, config_from_dict, config_to_dict
 from recsys.data.split import Split
 from recsys.evaluate import evaluate
@@ -41,35 +41,36 @@ class RunResult:
     metrics: dict[str, Any]  # {"valid": {...}, "test": {...}, "epochs": n, ...}
 
 
-def fit(config: Config, resume: str | Path | None = None) -> RunResult:
+def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     """Train `config.model`, validate every `eval_every` epochs, stop early, test the best.
 
     With `resume` (a run dir) the run's own config and last checkpoint are used instead.
     """
     if resume is not None:
-        run_dir = Path(resume)
-        config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        config = config_from_dict(yaml.safe_load((Path(resume) / "config.yaml").read_text()))
     cfg = config.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     split = load_split(config)
-    counts = torch.as_tensor(split.train_item_counts())
-    model = build_model(config.model, split.n_items, counts)
+    model = build_model(config.model, split.n_items, torch.as_tensor(split.train_item_counts()))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) if trainable else None
-
+    optimizer = (torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                 if trainable else None)
     state = {"epoch": 0, "step": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0,
              "history": [], "n_items": split.n_items, "done": False}
-    with tracking.start_run(config.tracking, run_id=run_dir.name if resume else None,
-                            name=config.model.name) as run:
+
+    run_id = Path(resume).name if resume is not None else None
+    with tracking.start_run(config.tracking, run_id=run_id, name=config.model.name) as run:
         if resume is None:
             run_dir = _new_run_dir(config, run.info.run_id)
             tracking.log_params(config_to_dict(config))
             tracking.log_file(run_dir / "config.yaml")
-        elif (run_dir / "checkpoint" / "last").exists() or (run_dir / "checkpoint" / "last.old").exists():
-            state = restore_training(run_dir / "checkpoint" / "last", model, optimizer)
-            log.info("resumed %s at epoch %d", run_dir, state["epoch"])
+        else:
+            run_dir = Path(resume)
+            if has_checkpoint(run_dir / "checkpoint" / "last"):
+                state = restore_training(run_dir / "checkpoint" / "last", model, optimizer)
+                log.info("resumed %s at epoch %d", run_dir, state["epoch"])
         if optimizer is not None and not state["done"]:
             state = _train_epochs(model, optimizer, split, config, run_dir, state)
         return _finish(model, split, config, run_dir, state)
@@ -132,7 +133,7 @@ def _one_epoch(model: nn.Module, optimizer, split: Split, users: np.ndarray, bat
 def _finish(model, split: Split, config: Config, run_dir: Path, state: dict) -> RunResult:
     """Test the best checkpoint, write metrics.json and the curve, log both to MLflow."""
     best = run_dir / "checkpoint" / "best"
-    if (best / "state.json").is_file():
+    if has_checkpoint(best):
         load_weights(best, model)
     else:  # nothing to train (popularity): the model as built is the final one
         save_checkpoint(best, model, None, state, config)

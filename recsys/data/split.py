@@ -57,7 +57,8 @@ def leave_one_out(interactions: pd.DataFrame, item_ids: pd.Series) -> Split:
     users = IdMap(interactions["user_id"])
     user_idx = users.index(interactions["user_id"])
     item_idx = items.index(interactions["item_id"])
-    order = np.lexsort((np.arange(len(interactions)), interactions["timestamp"].to_numpy(), user_idx))
+    timestamps = interactions["timestamp"].to_numpy()
+    order = np.lexsort((np.arange(len(interactions)), timestamps, user_idx))  # stable on ties
     user_sorted, item_sorted = user_idx[order], item_idx[order]
     bounds = np.flatnonzero(np.diff(user_sorted)) + 1
     sequences = np.split(item_sorted, bounds)  # in user index order, since users sort first

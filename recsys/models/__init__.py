@@ -12,7 +12,9 @@ from recsys.models.sasrec import SASRec
 __all__ = ["Popularity", "SASRec", "build_model"]
 
 
-def build_model(config: ModelConfig, n_items: int, item_counts: torch.Tensor | None = None) -> nn.Module:
+def build_model(
+    config: ModelConfig, n_items: int, item_counts: torch.Tensor | None = None
+) -> nn.Module:
     """A fresh model for a catalogue of `n_items` (indices 1..n_items; 0 is padding).
 
     `item_counts` (n_items + 1,) are training counts, used by the popularity baseline only.

@@ -1,0 +1,69 @@
+"""Retrieval quality and speed of one config on one dataset, full ranking.
+
+    python benchmarks/retrieval.py --dataset ml-100k --config configs/ml100k_sasrec.yaml
+
+Trains the config's model on `<data-root>/<dataset>` and the popularity baseline on the same
+split, prints a table, and ends with one JSON line of the configured model's test metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from recsys import load_config
+from recsys.report import table
+from recsys.train import fit
+
+KEYS = ("ndcg@10", "ndcg@20", "recall@10", "recall@20", "mrr@10", "ndcg@10_all", "recall@10_all",
+        "coverage@10")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="folder name under --data-root")
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--data-root", default="../shared/data", help="where datasets live")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    raw = Path(args.data_root) / args.dataset
+    config = load_config(args.config, [f"data.raw={raw}",
+                                       f"data.dir=data/prepared/{args.dataset}", *args.set])
+    started = time.perf_counter()
+    result = fit(config)
+    wall = time.perf_counter() - started
+    popular = fit(dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                         name="popularity")))
+    test = result.metrics["test"]
+    history_seconds = result.metrics["train_seconds"]
+    epochs = result.metrics["epochs"]
+    row = {
+        "dataset": args.dataset,
+        "model": config.model.name,
+        **{k: round(test[k], 5) for k in KEYS},
+        "exclude_seen": config.eval.exclude_seen,
+        "users": int(test["users"]),
+        "epochs": epochs,
+        "best_epoch": result.metrics["best_epoch"],
+        "sec_per_epoch": round(history_seconds / max(epochs, 1), 3),
+        "train_seconds": round(wall, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "run_id": result.run_id,
+    }
+    names = ("metric", config.model.name, "popularity")
+    print(table(names, [(k, test[k], popular.metrics["test"][k]) for k in KEYS]))
+    facts = ("exclude_seen", "users", "epochs", "best_epoch", "sec_per_epoch", "train_seconds",
+             "peak_rss_mb")
+    print(table(("", ""), [(k, row[k]) for k in facts]))
+    print(json.dumps(row))
+    return row
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
