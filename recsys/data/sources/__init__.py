@@ -1,0 +1,1 @@
+"""One converter module per raw-data family; `recsys.data.prepare.SOURCES` names them."""
