@@ -15,13 +15,17 @@ import mlflow
 
 from recsys.config import TrackingConfig
 
-DEFAULT_URI = "sqlite:///mlruns.db"
 logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations on first use
 
 
 def tracking_uri(config: TrackingConfig) -> str:
-    """Config value, else $MLFLOW_TRACKING_URI, else the embedded SQLite store."""
-    return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """Config value, else $MLFLOW_TRACKING_URI, else `mlruns.db` in the working directory.
+
+    The default is made absolute: MLflow caches one database engine per URI string, so a
+    relative one would keep writing to the first working directory's file after a chdir.
+    """
+    explicit = config.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return explicit or f"sqlite:///{Path('mlruns.db').resolve()}"
 
 
 def start_run(config: TrackingConfig, run_id: str | None = None, name: str | None = None):

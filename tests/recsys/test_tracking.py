@@ -9,13 +9,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys.config import TrackingConfig
-from recsys.tracking import DEFAULT_URI, tracking_uri
+from recsys.tracking import tracking_uri
 from recsys.train import fit
 
 
-def test_uri_precedence(monkeypatch):
+def test_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri(TrackingConfig()) == DEFAULT_URI == "sqlite:///mlruns.db"
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri(TrackingConfig()) == f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking_uri(TrackingConfig()) == "http://127.0.0.1:5999"
     assert tracking_uri(TrackingConfig(uri="sqlite:///x.db")) == "sqlite:///x.db"
