@@ -47,3 +47,17 @@ def length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> l
     """
     by_length = order[np.argsort(lengths[order], kind="stable")]
     return [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+
+
+def training_windows(histories: Sequence[np.ndarray], max_len: int) -> list[np.ndarray]:
+    """Cut each history into windows of at most `max_len + 1` items, newest window first.
+
+    Consecutive windows share one item (the last input of one is the first of the next), so
+    every transition of a long history is trained on, not only its most recent `max_len`.
+    Windows with fewer than two items carry no (input, target) pair and are dropped.
+    """
+    windows = []
+    for items in histories:
+        for end in range(len(items), 1, -max_len):
+            windows.append(items[max(0, end - max_len - 1) : end])
+    return windows

@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from features.sequences import length_batches, next_item_pairs
+from features.sequences import length_batches, next_item_pairs, training_windows
 from recsys import tracking
 from recsys.atomic import write_json, write_text
 from recsys.checkpoint import has_checkpoint, load_weights, restore_training, save_checkpoint
@@ -78,12 +78,12 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
 
 def _train_epochs(model, optimizer, split: Split, config: Config, run_dir: Path, state: dict):
     cfg = config.train
-    users = np.flatnonzero([len(h) >= 2 for h in split.train])  # need one (input, target) pair
+    windows = training_windows(split.train, model.max_len)
     for epoch in range(state["epoch"], cfg.epochs):
         started = time.perf_counter()
-        loss = _one_epoch(model, optimizer, split, users, cfg.batch_size, epoch)
+        loss = _one_epoch(model, optimizer, windows, cfg.batch_size, epoch)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
-        state["step"] += -(-len(users) // cfg.batch_size)
+        state["step"] += -(-len(windows) // cfg.batch_size)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             valid = evaluate(model, split, "valid", config.eval)
             record.update({f"valid_{k}": v for k, v in valid.items()})
@@ -104,21 +104,21 @@ def _train_epochs(model, optimizer, split: Split, config: Config, run_dir: Path,
     return state
 
 
-def _one_epoch(model: nn.Module, optimizer, split: Split, users: np.ndarray, batch_size: int,
+def _one_epoch(model: nn.Module, optimizer, windows: list[np.ndarray], batch_size: int,
                epoch: int) -> float:
-    """One pass over the training users in random order; returns the mean batch loss.
+    """One pass over the training windows in random order; returns the mean batch loss.
 
-    Batches group users of similar history length (less padding); their order is random.
+    Batches group windows of similar length (less padding); their order is random.
     """
     model.train()
-    lengths = np.array([min(len(h), model.max_len + 1) for h in split.train])
-    batches = length_batches(users[torch.randperm(len(users)).numpy()], lengths, batch_size)
+    lengths = np.array([len(w) for w in windows])
+    batches = length_batches(torch.randperm(len(windows)).numpy(), lengths, batch_size)
     total = 0.0
     bar = tqdm(torch.randperm(len(batches)).tolist(), desc=f"epoch {epoch + 1}", leave=False,
                disable=None)
     for b in bar:
-        histories = [split.train[u] for u in batches[b]]
-        inputs, targets = map(torch.as_tensor, next_item_pairs(histories, model.max_len))
+        inputs, targets = map(torch.as_tensor,
+                              next_item_pairs([windows[w] for w in batches[b]], model.max_len))
         hidden = model(inputs)  # (batch, L, dim)
         labelled = targets > 0
         loss = full_softmax_cross_entropy(model.item_scores(hidden[labelled]), targets[labelled])

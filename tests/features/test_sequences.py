@@ -1,6 +1,6 @@
 import numpy as np
 
-from features.sequences import length_batches, next_item_pairs, pad_left
+from features.sequences import length_batches, next_item_pairs, pad_left, training_windows
 
 
 def test_pad_left_keeps_most_recent_and_trims_width():
@@ -21,3 +21,11 @@ def test_length_batches_group_similar_lengths_and_keep_every_row():
     batches = length_batches(order, lengths, 2)
     assert [b.tolist() for b in batches] == [[5, 1], [3, 4], [2, 0]]
     assert sorted(np.concatenate(batches).tolist()) == list(range(6))
+
+
+def test_training_windows_cover_every_transition_once():
+    history = np.arange(1, 11)  # 9 transitions
+    windows = training_windows([history, np.array([5])], 4)
+    assert [w.tolist() for w in windows] == [[6, 7, 8, 9, 10], [2, 3, 4, 5, 6], [1, 2]]
+    pairs = {(a, b) for w in windows for a, b in zip(w[:-1], w[1:], strict=True)}
+    assert len(pairs) == 9
