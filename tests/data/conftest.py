@@ -39,7 +39,7 @@ def gzip_in_place():
 
 
 @pytest.fixture
-def fails_cleanly(tmp_path):
+def assert_fails_cleanly(tmp_path):
     """prepare() raises a DataError holding every fragment and leaves nothing behind."""
 
     def check(source: str, raw: Path, *fragments: str, mapping=None) -> str:

@@ -94,38 +94,38 @@ def test_amazon_2018_all_meta_items(raw_copy, tmp_path):
 # --- bad input --------------------------------------------------------------------------------
 
 
-def test_lcrec_unknown_item(raw_copy, fails_cleanly):
+def test_lcrec_unknown_item(raw_copy, assert_fails_cleanly):
     raw = raw_copy("amazon-lcrec")
     (raw / "Tiny.inter.json").write_text(json.dumps({"0": [0, 7]}))
-    fails_cleanly("amazon-lcrec", raw, "Tiny.inter.json", "'item_id'", "'7' is not in "
+    assert_fails_cleanly("amazon-lcrec", raw, "Tiny.inter.json", "'item_id'", "'7' is not in "
                   "Tiny.item.json", "row 1: user_id='0', item_id='7'")
 
 
-def test_lcrec_bad_json_and_encoding(raw_copy, fails_cleanly):
+def test_lcrec_bad_json_and_encoding(raw_copy, assert_fails_cleanly):
     raw = raw_copy("amazon-lcrec")
     (raw / "Tiny.inter.json").write_text('{"0": [0, 1,\n "1": [2]}')
-    fails_cleanly("amazon-lcrec", raw, "Tiny.inter.json", "invalid JSON", "line 2")
+    assert_fails_cleanly("amazon-lcrec", raw, "Tiny.inter.json", "invalid JSON", "line 2")
     raw = raw_copy("amazon-s3rec")
     text = (raw / "Tiny_item2attributes.json").read_text()
     (raw / "Tiny_item2attributes.json").write_bytes(text.replace('"4"', '"\xff"').encode("latin-1"))
-    fails_cleanly("amazon-s3rec", raw, "Tiny_item2attributes.json", "not valid utf-8",
+    assert_fails_cleanly("amazon-s3rec", raw, "Tiny_item2attributes.json", "not valid utf-8",
                   "line 1: b'{\"\\xff\": [2, 3]")
 
 
-def test_2018_missing_column_and_bad_timestamp(raw_copy, fails_cleanly):
+def test_2018_missing_column_and_bad_timestamp(raw_copy, assert_fails_cleanly):
     raw = raw_copy("amazon-2018")
     lines = (raw / "Tiny_5.json").read_text().splitlines()
     review = json.loads(lines[1])
     del review["unixReviewTime"]
     (raw / "Tiny_5.json").write_text("\n".join([lines[0], json.dumps(review), lines[2]]))
-    fails_cleanly("amazon-2018", raw, "Tiny_5.json", "'unixReviewTime'", "cannot parse",
+    assert_fails_cleanly("amazon-2018", raw, "Tiny_5.json", "'unixReviewTime'", "cannot parse",
                   'line 2: \'{"overall": 5.0, "vote": "3", "reviewerID": "U2"')
     (raw / "Tiny_5.json").write_text('{"reviewerID": "U1", "asin": "B002"}\n')
-    fails_cleanly("amazon-2018", raw, "Tiny_5.json", "'unixReviewTime'", "missing",
+    assert_fails_cleanly("amazon-2018", raw, "Tiny_5.json", "'unixReviewTime'", "missing",
                   'line 1: \'{"reviewerID": "U1", "asin": "B002"}\'')
 
 
-def test_s3rec_empty_file(raw_copy, fails_cleanly):
+def test_s3rec_empty_file(raw_copy, assert_fails_cleanly):
     raw = raw_copy("amazon-s3rec")
     (raw / "Tiny.txt").write_text("\n")
-    fails_cleanly("amazon-s3rec", raw, "Tiny.txt", "'user_id'", "no rows")
+    assert_fails_cleanly("amazon-s3rec", raw, "Tiny.txt", "'user_id'", "no rows")

@@ -41,11 +41,11 @@ def test_mind(raw_copy, tmp_path, gzip_in_place):
     assert ds.info["items_without_text"] == 3
 
 
-def test_bad_time_and_candidate(raw_copy, fails_cleanly):
+def test_bad_time_and_candidate(raw_copy, assert_fails_cleanly):
     raw = raw_copy("mind")
     lines = (raw / "behaviors.tsv").read_text().splitlines(keepends=True)
     (raw / "behaviors.tsv").write_text(lines[0] + lines[1].replace("2:14:46 PM", "14:14:46"))
-    fails_cleanly("mind", raw, "behaviors.tsv", "'time'", "'11/12/2019 14:14:46'",
+    assert_fails_cleanly("mind", raw, "behaviors.tsv", "'time'", "'11/12/2019 14:14:46'",
                   "line 2: '2\\tU2\\t11/12/2019 14:14:46\\t\\tN4-0 N5-1 N3-0'")
     (raw / "behaviors.tsv").write_text(lines[0] + lines[1].replace("N5-1", "N5"))
-    fails_cleanly("mind", raw, "behaviors.tsv", "'impressions'", "'N5'", "line 2: '2\\tU2")
+    assert_fails_cleanly("mind", raw, "behaviors.tsv", "'impressions'", "'N5'", "line 2: '2\\tU2")

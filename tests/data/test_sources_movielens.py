@@ -61,13 +61,13 @@ def test_movielens_1m_defaults_and_options(raw_copy, tmp_path, gzip_in_place):
     assert info["counts"]["interactions"] == 3
 
 
-def test_movielens_1m_partial_timestamps_are_never_zero(raw_copy, tmp_path, fails_cleanly):
+def test_movielens_1m_partial_timestamps_are_never_zero(raw_copy, tmp_path, assert_fails_cleanly):
     raw = raw_copy("ml-1m")
     with (raw / "users.dat").open("a") as f:
         f.write("3000::M::25::0::10001\n")
     (raw / "partial.csv").write_text("user_id,movie_id,rating,timestamp\n"
                                      "1,1,4,978300760\n3000,2,1,\n3000,3,5,975000000\n")
-    fails_cleanly("movielens-1m", raw, "partial.csv", "'timestamp'", "line 3: '3000,2,1,'",
+    assert_fails_cleanly("movielens-1m", raw, "partial.csv", "'timestamp'", "line 3: '3000,2,1,'",
                   "missing_timestamp='drop'", mapping={"ratings_file": "partial.csv"})
     info = prepare("movielens-1m", raw, tmp_path / "ds",
                    {"ratings_file": "partial.csv", "missing_timestamp": "drop"})
@@ -105,62 +105,63 @@ def test_movielens_latest(raw_copy, tmp_path):
 # --- bad input: each error names the file, the column and a sample row; nothing is written --
 
 
-def test_unparsable_timestamp(raw_copy, fails_cleanly):
+def test_unparsable_timestamp(raw_copy, assert_fails_cleanly):
     raw = raw_copy("ml-100k")
     (raw / "u.data").write_text("2\t1\t4\t881250949\n1\t2\t3\tabc\n")
-    fails_cleanly("movielens-100k", raw, "u.data", "'timestamp'", "'abc'",
+    assert_fails_cleanly("movielens-100k", raw, "u.data", "'timestamp'", "'abc'",
                   "line 2: '1\\t2\\t3\\tabc'")
 
 
-def test_unknown_item_in_interactions(raw_copy, fails_cleanly):
+def test_unknown_item_in_interactions(raw_copy, assert_fails_cleanly):
     raw = raw_copy("ml-100k")
     with (raw / "u.data").open("a") as f:
         f.write("1\t99\t3\t881250949\n")
-    fails_cleanly("movielens-100k", raw, "u.data", "'item_id'", "'99' is not in u.item",
+    assert_fails_cleanly("movielens-100k", raw, "u.data", "'item_id'", "'99' is not in u.item",
                   "row 5: user_id='1', item_id='99'")
 
 
-def test_duplicate_item_id(raw_copy, fails_cleanly):
+def test_duplicate_item_id(raw_copy, assert_fails_cleanly):
     raw = raw_copy("ml-100k")
     lines = (raw / "u.item").read_bytes().splitlines(keepends=True)
     (raw / "u.item").write_bytes(b"".join(lines + [lines[0]]))
-    fails_cleanly("movielens-100k", raw, "u.item", "'item_id'", "duplicate item_id '1'",
+    assert_fails_cleanly("movielens-100k", raw, "u.item", "'item_id'", "duplicate item_id '1'",
                   "row 4: item_id='1', title='Toy Story (1995)'")
 
 
-def test_missing_column(raw_copy, fails_cleanly):
+def test_missing_column(raw_copy, assert_fails_cleanly):
     raw = raw_copy("ml-latest")
     (raw / "ratings.csv").write_text("userId,movieId,rating\n1,1,4.0\n")
-    fails_cleanly("movielens-latest", raw, "ratings.csv", "'timestamp'", "missing",
+    assert_fails_cleanly("movielens-latest", raw, "ratings.csv", "'timestamp'", "missing",
                   "line 2: '1,1,4.0'")
 
 
-def test_wrong_encoding(raw_copy, fails_cleanly):
+def test_wrong_encoding(raw_copy, assert_fails_cleanly):
     raw = raw_copy("ml-latest")  # documented UTF-8; here re-encoded as latin-1
     text = (raw / "movies.csv").read_text("utf-8").replace("–", "-")
     (raw / "movies.csv").write_bytes(text.encode("latin-1"))
-    fails_cleanly("movielens-latest", raw, "movies.csv", "'title'", "not valid utf-8",
+    assert_fails_cleanly("movielens-latest", raw, "movies.csv", "'title'", "not valid utf-8",
                   "line 3: b'2,\"Mis\\xe9rables, Les (1995)\"")
 
 
-def test_empty_file(raw_copy, fails_cleanly):
+def test_empty_file(raw_copy, assert_fails_cleanly):
     raw = raw_copy("ml-100k")
     (raw / "u.data").write_text("")
-    fails_cleanly("movielens-100k", raw, "u.data", "'user_id'", "no rows")
+    assert_fails_cleanly("movielens-100k", raw, "u.data", "'user_id'", "no rows")
     raw = raw_copy("ml-latest")
     (raw / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
-    fails_cleanly("movielens-latest", raw, "ratings.csv", "'userId'", "no data rows",
+    assert_fails_cleanly("movielens-latest", raw, "ratings.csv", "'userId'", "no data rows",
                   "line 1: 'userId,movieId,rating,timestamp'")
 
 
-def test_bad_genre_flag_and_unknown_code(raw_copy, fails_cleanly):
+def test_bad_genre_flag_and_unknown_code(raw_copy, assert_fails_cleanly):
     raw = raw_copy("ml-100k")
     text = (raw / "u.item").read_bytes().replace(b"|0|0|0|1|1|1|", b"|0|0|0|x|1|1|", 1)
     (raw / "u.item").write_bytes(text)
-    fails_cleanly("movielens-100k", raw, "u.item", "'Animation'", "'x'", "line 1: '1|Toy Story")
+    assert_fails_cleanly("movielens-100k", raw, "u.item", "'Animation'", "'x'",
+                         "line 1: '1|Toy Story")
     raw = raw_copy("ml-1m")
     (raw / "users.dat").write_text("1::F::7::10::48067\n")
-    fails_cleanly("movielens-1m", raw, "users.dat", "'age'", "unknown code '7'",
+    assert_fails_cleanly("movielens-1m", raw, "users.dat", "'age'", "unknown code '7'",
                   "line 1: '1::F::7::10::48067'")
 
 

@@ -65,15 +65,15 @@ def test_tabular_parquet_strftime_and_default_item_columns(tmp_path):
                                            {"item_id": "2", "genres": None, "year": None}]
 
 
-def test_tabular_errors(raw_copy, fails_cleanly, tmp_path):
+def test_tabular_errors(raw_copy, assert_fails_cleanly, tmp_path):
     raw = raw_copy("tabular")
-    fails_cleanly("tabular", raw, "ratings.csv", "'when'", "'2020-01-02T03:04:05Z'",
+    assert_fails_cleanly("tabular", raw, "ratings.csv", "'when'", "'2020-01-02T03:04:05Z'",
                   "line 2: 'u1,i1,2020-01-02T03:04:05Z,5'",
                   mapping={**MAPPING, "timestamp_format": "unix"})
-    fails_cleanly("tabular", raw, "ratings.csv", "'stamp'", "missing", "line 2:",
+    assert_fails_cleanly("tabular", raw, "ratings.csv", "'stamp'", "missing", "line 2:",
                   mapping={**MAPPING, "columns": {**MAPPING["columns"], "timestamp": "stamp"}})
     (raw / "items.csv").write_text("iid,name,tags\ni1,Widget,\ni1,Again,\n")
-    fails_cleanly("tabular", raw, "items.csv", "'item_id'", "duplicate item_id 'i1'",
+    assert_fails_cleanly("tabular", raw, "items.csv", "'item_id'", "duplicate item_id 'i1'",
                   "row 1: item_id='i1', title='Again'", mapping=MAPPING)
     with pytest.raises(DataError, match="columns.item_id is required"):
         prepare("tabular", raw, tmp_path / "ds",
