@@ -55,7 +55,7 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 42  # seeds weights, shuffling and dropout
     epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 128  # user sequences per step
+    batch_size: int = 128  # history windows (max_len + 1 items each) per optimizer step
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     eval_every: int = 1  # validate every N epochs
