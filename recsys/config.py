@@ -29,6 +29,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ItemTextConfig:
+    attributes: tuple[str, ...] = ("title", "genres", "brand", "category", "tags", "description")
+    # ^ attributes rendered into an item's sentence, in this order; absent ones are skipped
+    max_tokens: int = 32  # token budget per attribute value
+    max_length: int = 256  # token budget of the whole sentence
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    path: str | None = None  # local Hugging Face model dir; None = bundled all-MiniLM-L6-v2
+    projection_dim: int = 0  # linear projection after mean pooling; 0 = none
+    batch_size: int = 128  # sentences per forward pass when encoding the catalogue
+    bf16: bool = False  # bf16 autocast on CPUs that support it
+    cache_dir: str | None = "cache/text"  # encodings keyed by (model, text) hash; None = off
+
+
+@dataclass(frozen=True)
 class SASRecConfig:
     max_len: int = 200  # history positions the model sees (most recent kept)
     dim: int = 64  # embedding and hidden size

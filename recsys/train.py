@@ -79,7 +79,9 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
 def _train_epochs(model, optimizer, split: Split, config: Config, run_dir: Path, state: dict):
     cfg = config.train
     windows = training_windows(split.train, model.max_len)
-    for epoch in range(state["epoch"], cfg.epochs):
+    epochs = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs,
+                  desc="train", unit="epoch", disable=None)
+    for epoch in epochs:
         started = time.perf_counter()
         loss = _one_epoch(model, optimizer, windows, cfg.batch_size, epoch)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
@@ -97,6 +99,7 @@ def _train_epochs(model, optimizer, split: Split, config: Config, run_dir: Path,
         state["done"] = state["bad_evals"] >= cfg.patience or epoch + 1 == cfg.epochs
         tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
         save_checkpoint(run_dir / "checkpoint" / "last", model, optimizer, state, config)
+        epochs.set_postfix(loss=f"{loss:.4f}", best_ndcg10=f"{state['best_ndcg']:.4f}")
         log.info("epoch %d loss %.4f valid ndcg@10 %s", epoch + 1, loss,
                  record.get("valid_ndcg@10", "-"))
         if state["done"]:
