@@ -53,7 +53,6 @@ class SASRecConfig:
     heads: int = 1  # attention heads
     dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
     ffn_mult: int = 4  # feed-forward width = ffn_mult * dim
-    tie_weights: bool = True  # score with the input item embeddings (else a separate output table)
 
 
 @dataclass(frozen=True)

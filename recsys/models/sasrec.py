@@ -33,11 +33,7 @@ class SASRec(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
-        # a separate output table lets the model score items unlike the ones it has just seen
-        self.out_emb = None if config.tie_weights else nn.Embedding(n_items + 1, config.dim)
-        for table in (self.item_emb, self.out_emb):
-            if table is not None:
-                nn.init.normal_(table.weight, std=0.02)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -53,8 +49,7 @@ class SASRec(nn.Module):
 
     def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (..., dim) -> scores over all item indices (..., n_items + 1); column 0 = pad."""
-        table = self.item_emb if self.out_emb is None else self.out_emb
-        return hidden @ table.weight.T
+        return hidden @ self.item_emb.weight.T
 
     def score(self, history: torch.Tensor) -> torch.Tensor:
         """Next-item scores from the last position: history (batch, L) -> (batch, n_items + 1)."""

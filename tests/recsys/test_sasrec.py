@@ -41,12 +41,3 @@ def test_popularity_scores_are_the_counts_for_everyone():
     assert scores.tolist() == [counts.tolist(), counts.tolist()]
     assert not list(model.parameters())
 
-
-def test_untied_model_scores_with_its_own_output_table():
-    torch.manual_seed(0)
-    tied = SASRec(CONFIG, n_items=30)
-    untied = SASRec(SASRecConfig(**{**CONFIG.__dict__, "tie_weights": False}), n_items=30)
-    assert "out_emb.weight" in untied.state_dict() and "out_emb.weight" not in tied.state_dict()
-    hidden = torch.randn(3, 16)
-    assert torch.equal(untied.item_scores(hidden), hidden @ untied.out_emb.weight.T)
-    assert torch.equal(tied.item_scores(hidden), hidden @ tied.item_emb.weight.T)
