@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import resource
 import sys
 import time
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default="../shared/data", help="where datasets live")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     raw = Path(args.data_root) / args.dataset
     config = load_config(args.config, [f"data.raw={raw}",
