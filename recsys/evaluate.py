@@ -42,8 +42,7 @@ def rank_targets(
             _mask_seen(scores, histories, target)
         ranks.append(_rank_of(scores, target))
         top10.append(scores.topk(min(10, split.n_items), dim=1).indices)
-    cat = lambda parts: torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)  # noqa: E731
-    return {"ranks": cat(ranks), "ranks_all": cat(ranks_all), "top10": cat(top10)}
+    return {"ranks": _concat(ranks), "ranks_all": _concat(ranks_all), "top10": _concat(top10)}
 
 
 def ranking_metrics(ranked: dict[str, np.ndarray], split: Split, which: str, config: EvalConfig):
@@ -70,6 +69,10 @@ def ranking_metrics(ranked: dict[str, np.ndarray], split: Split, which: str, con
 def evaluate(model: nn.Module, split: Split, which: str, config: EvalConfig) -> dict[str, float]:
     """Rank every evaluated user's `which` target ("valid" or "test") and compute metrics."""
     return ranking_metrics(rank_targets(model, split, which, config), split, which, config)
+
+
+def _concat(parts: list[torch.Tensor]) -> np.ndarray:
+    return torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)
 
 
 def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
