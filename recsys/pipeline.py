@@ -55,7 +55,7 @@ def summary(config: Config, result: PipelineResult) -> str:
             ("dataset", config.data.dir),
             ("users evaluated", int(result.test["users"])),
             ("coverage@10", result.test["coverage@10"]),
-            *[(f"{stage} seconds", round(s, 1)) for stage, s in result.seconds.items()],
+            *[(f"{stage} seconds", f"{s:.1f}") for stage, s in result.seconds.items()],
             ("run dir", str(result.run_dir)),
             ("mlflow run", f"{result.run_id} @ {tracking.tracking_uri(config.tracking)}"),
         ]),
