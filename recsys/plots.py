@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from recsys.atomic import atomic_path  # noqa: E402
+
 
 def training_curve(history: list[dict], path: Path) -> Path:
     """Plot train loss and valid NDCG@10 against epoch into a PNG at `path`."""
@@ -23,8 +25,7 @@ def training_curve(history: list[dict], path: Path) -> Path:
         ndcg_ax.plot(*zip(*valid, strict=True), color="tab:orange", marker=".")
         ndcg_ax.set_ylabel("valid NDCG@10", color="tab:orange")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
     return path

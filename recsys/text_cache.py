@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
+
+from recsys.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,8 @@ class EncodingCache:
     def _write(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"part-{uuid.uuid4().hex}.safetensors"
-        tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
-        save_file({"keys": np.ascontiguousarray(keys, dtype=np.uint8),
-                   "vectors": np.ascontiguousarray(vectors)}, str(tmp),
-                  metadata={"fingerprint": self.fingerprint, "dim": str(self.dim)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"keys": np.ascontiguousarray(keys, dtype=np.uint8),
+                       "vectors": np.ascontiguousarray(vectors)}, str(tmp),
+                      metadata={"fingerprint": self.fingerprint, "dim": str(self.dim)})
         return path
