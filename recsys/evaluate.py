@@ -93,5 +93,5 @@ def _mask_seen(scores: torch.Tensor, histories: list[np.ndarray], target: torch.
 
 def _cold_targets(split: Split, which: str) -> np.ndarray:
     """(n_eval,) bool: the target never occurs in any training sequence."""
-    counts = split.train_item_counts()
+    counts = split.train_item_counts
     return counts[split.target(which)[split.eval_users(which)]] == 0

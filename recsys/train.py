@@ -53,7 +53,7 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     split = load_split(config)
-    model = build_model(config.model, split.n_items, torch.as_tensor(split.train_item_counts()))
+    model = build_model(config.model, split.n_items, torch.as_tensor(split.train_item_counts))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = (torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
                  if trainable else None)

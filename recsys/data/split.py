@@ -8,6 +8,7 @@ three interactions keep everything in training and are not evaluated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -42,11 +43,13 @@ class Split:
         """What the model sees before the target: train prefix (+ valid item for test)."""
         if split == "valid":
             return [self.train[r] for r in rows]
-        self.target(split)
+        if split != "test":
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
         return [np.append(self.train[r], self.valid_target[r]) for r in rows]
 
+    @cached_property
     def train_item_counts(self) -> np.ndarray:
-        """(n_items + 1,) interactions per item index in the training part."""
+        """(n_items + 1,) interactions per item index in the training part (computed once)."""
         flat = np.concatenate(self.train) if self.train else np.zeros(0, np.int64)
         return np.bincount(flat, minlength=self.n_items + 1)
 

@@ -27,5 +27,5 @@ def test_catalogue_includes_items_without_interactions_and_counts_train_only():
     interactions = _frame([("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("u", "a", 4)])
     split = leave_one_out(interactions, pd.Series(["a", "b", "c", "z"]))
     assert split.n_items == 4
-    counts = split.train_item_counts()
+    counts = split.train_item_counts
     assert counts.tolist() == [0, 1, 1, 0, 0]  # train = (a, b); c valid, a test
