@@ -35,7 +35,8 @@ def rank_targets(
         target = torch.as_tensor(targets[start : start + len(chunk)])
         histories = split.history(which, chunk)
         inputs = torch.as_tensor(pad_left(histories, model.max_len))
-        scores = model.score(inputs).float().clone()  # (chunk, n_items + 1)
+        users = torch.as_tensor(chunk)
+        scores = model.score(inputs, users).float().clone()  # (chunk, n_items + 1)
         scores[:, 0] = float("-inf")
         ranks_all.append(_rank_of(scores, target))
         if config.exclude_seen:

@@ -21,6 +21,6 @@ class Popularity(nn.Module):
             raise ValueError(f"item_counts must have shape ({n_items + 1},), got {counts.shape}")
         self.register_buffer("counts", counts.clone())  # (n_items + 1,)
 
-    def score(self, history: torch.Tensor) -> torch.Tensor:
+    def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """history (batch, L) -> (batch, n_items + 1), the same counts for every user."""
         return self.counts.expand(history.shape[0], -1)

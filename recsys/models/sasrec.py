@@ -49,11 +49,19 @@ class SASRec(nn.Module):
 
     def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (..., dim) -> scores over all item indices (..., n_items + 1); column 0 = pad."""
-        return hidden @ self.item_emb.weight.T
+        return hidden @ self.item_vectors().T
 
-    def score(self, history: torch.Tensor) -> torch.Tensor:
-        """Next-item scores from the last position: history (batch, L) -> (batch, n_items + 1)."""
-        return self.item_scores(self(history)[:, -1])
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items + 1, dim) the vector of every item index; row 0 = padding."""
+        return self.item_emb.weight
+
+    def user_vectors(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) -> (batch, dim) from the last position; `users` is not used."""
+        return self(history)[:, -1]
+
+    def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-item scores: history (batch, L) -> (batch, n_items + 1)."""
+        return self.item_scores(self.user_vectors(history))
 
     def _attention_mask(self, items: torch.Tensor) -> torch.Tensor:
         """(batch * heads, L, L) bool, True = blocked: future positions and padding keys.
