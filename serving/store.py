@@ -1,0 +1,197 @@
+"""The embedding store format: one versioned directory per export, read back by memory map.
+
+    root/CURRENT                 text: name of the live version (switched atomically)
+    root/<version>/ids.parquet   `id` (string), `row` (int64): the id of vectors[row]
+    root/<version>/vectors.npy   (count, dim) float32 or float16, C order, np.save format
+    root/<version>/meta.json     dim, dtype, normalized, model, run_id, count, created,
+                                 version, sha256 {"vectors.npy": ..., "ids.parquet": ...}
+
+A version dir is complete before it gets its name (written under a temp name, then renamed), and
+CURRENT moves only after that, so a reader never sees half an export. No torch here: serving
+code reads stores without the training stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DTYPES = ("float32", "float16")
+CURRENT = "CURRENT"
+IDS, VECTORS, META = "ids.parquet", "vectors.npy", "meta.json"
+
+
+class StoreError(ValueError):
+    """A store on disk is missing, incomplete or does not match its meta.json."""
+
+
+@dataclass(frozen=True, eq=False)
+class StoreData:
+    """One version of a store: `ids[i]` is the id of `vectors[i]`."""
+
+    ids: np.ndarray  # (count,) object array of str
+    vectors: np.ndarray  # (count, dim) read-only np.memmap, dtype as in meta
+    meta: dict[str, Any]
+    path: Path  # the version dir
+
+
+def write_store(
+    root: str | Path, ids: Sequence[str], vectors: np.ndarray, *, model: str, run_id: str,
+    normalized: bool, version: str | None = None, dtype: str = "float32",
+) -> Path:
+    """Write `ids` (count,) and `vectors` (count, dim) as a new version under `root`, make it
+    CURRENT, and return the version dir. Bad input raises ValueError before anything is written.
+    """
+    root = Path(root)
+    ids, vectors = _validate(ids, vectors, dtype)
+    if version is not None and (version in ("", ".", "..", CURRENT) or "/" in version
+                                or version.startswith(".")):
+        raise ValueError(f"bad version name {version!r}")
+    if version is not None and (root / version).exists():
+        raise ValueError(f"version {version!r} already exists in {root}")
+    now = datetime.now(UTC)
+    root.mkdir(parents=True, exist_ok=True)
+    version = version or _new_version(root, now)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=root))
+    try:
+        np.save(tmp / VECTORS, vectors)
+        rows = pa.array(np.arange(len(ids), dtype=np.int64))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "row": rows}), tmp / IDS)
+        meta = {
+            "version": version, "count": len(ids), "dim": int(vectors.shape[1]), "dtype": dtype,
+            "normalized": bool(normalized), "model": model, "run_id": run_id,
+            "created": now.isoformat(timespec="seconds"),
+            "sha256": {VECTORS: _sha256(tmp / VECTORS), IDS: _sha256(tmp / IDS)},
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        os.rename(tmp, root / version)  # fails rather than merge if the name appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _switch_current(root, version)
+    return root / version
+
+
+def read_store(path: str | Path, *, verify: bool = True) -> StoreData:
+    """Open a store root (follows CURRENT) or one version dir, memory-mapping the vectors.
+
+    With `verify` (the default) both files are checked against their sha256 in meta.json, which
+    reads them once in full; count, dim and dtype are always checked. Raises StoreError.
+    """
+    path = Path(path)
+    if (path / CURRENT).is_file():
+        version = (path / CURRENT).read_text().strip()
+        if not version or not (path / version / META).is_file():
+            raise StoreError(f"{path / CURRENT} names version {version!r}, which is not in {path}")
+        path = path / version
+    elif not (path / META).is_file():
+        what = "no CURRENT and no meta.json" if path.is_dir() else "no such directory"
+        raise StoreError(f"not an embedding store: {path} ({what})")
+
+    meta = _read_meta(path)
+    for name in (VECTORS, IDS):
+        if not (path / name).is_file():
+            raise StoreError(f"{path / name} is missing")
+        if verify and _sha256(path / name) != meta["sha256"][name]:
+            raise StoreError(f"{path / name} does not match its sha256 in meta.json "
+                             "(truncated or modified)")
+    try:
+        vectors = np.load(path / VECTORS, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:  # header damaged or data shorter than the header says
+        raise StoreError(f"{path / VECTORS} is not a readable .npy file: {err}") from err
+    expected = (meta["count"], meta["dim"])
+    if vectors.shape != expected or vectors.dtype != np.dtype(meta["dtype"]):
+        raise StoreError(f"{path / VECTORS} holds {vectors.shape} {vectors.dtype}, meta.json "
+                         f"says {expected} {meta['dtype']}")
+    return StoreData(ids=_read_ids(path / IDS, meta["count"]), vectors=vectors, meta=meta,
+                     path=path)
+
+
+def _validate(ids: Sequence[str], vectors: np.ndarray, dtype: str) -> tuple[list[str], np.ndarray]:
+    """Checked copies: ids as a list of str, vectors (count, dim) C-contiguous in `dtype`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    ids = [str(i) for i in ids]
+    vectors = np.asarray(vectors)
+    if not ids:
+        raise ValueError("no ids: a store needs at least one vector")
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise ValueError(f"vectors must be 2-D (count, dim) with dim > 0, got {vectors.shape}")
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+    if len(set(ids)) != len(ids):
+        dupes = [i for i, n in Counter(ids).items() if n > 1][:5]
+        raise ValueError(f"ids must be unique; duplicated: {dupes}")
+    if vectors.dtype.kind not in "fiu":  # float, int, unsigned; not bool, complex or object
+        raise ValueError(f"vectors must be real numbers, got dtype {vectors.dtype}")
+    with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        out = np.ascontiguousarray(vectors, dtype=dtype)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():  # checked after the cast: a float32 value can overflow float16 to inf
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise ValueError(f"vectors must be finite in {dtype}; {int(bad.sum())} rows with "
+                         f"NaN/inf, e.g. rows {rows} (ids {[ids[r] for r in rows]})")
+    return ids, out
+
+
+def _new_version(root: Path, now: datetime) -> str:
+    """UTC timestamp like 20261126T190501Z, with a random suffix if that name is taken."""
+    version = now.strftime("%Y%m%dT%H%M%SZ")
+    while (root / version).exists():
+        version = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    return version
+
+
+def _switch_current(root: Path, version: str) -> None:
+    tmp = root / f".{CURRENT}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        tmp.write_text(version + "\n")
+        os.replace(tmp, root / CURRENT)  # readers see the old name or the new, never half
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise StoreError(f"{path / META} is not readable JSON: {err}") from err
+    missing = [k for k in ("count", "dim", "dtype", "sha256") if k not in meta]
+    missing += [f"sha256.{n}" for n in (VECTORS, IDS) if n not in meta.get("sha256", {})]
+    if missing or meta["dtype"] not in DTYPES:
+        raise StoreError(f"{path / META}: missing keys {missing} or bad dtype {meta.get('dtype')}")
+    return meta
+
+
+def _read_ids(path: Path, count: int) -> np.ndarray:
+    """(count,) ids ordered by row; rows must be exactly 0..count-1."""
+    try:
+        table = pq.read_table(path, columns=["id", "row"])
+    except (OSError, pa.ArrowException, KeyError) as err:
+        raise StoreError(f"{path} is not a readable ids table: {err}") from err
+    rows = table.column("row").to_numpy()
+    if len(rows) != count or not np.array_equal(np.sort(rows), np.arange(count)):
+        raise StoreError(f"{path}: rows must be 0..{count - 1} once each, got {len(rows)} rows")
+    ids = np.empty(count, dtype=object)
+    ids[rows] = table.column("id").to_pylist()
+    return ids
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
