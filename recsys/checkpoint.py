@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recsys.config import Config, config_from_dict, config_to_dict
-from recsys.models import build_model
+from recsys.config import Config, config_to_dict
 
 
 def save_checkpoint(
@@ -59,17 +58,6 @@ def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 def load_weights(path: Path, model: nn.Module) -> None:
     """Load only the model weights of a checkpoint into `model`."""
     model.load_state_dict(load_file(_existing(path) / "model.safetensors"))
-
-
-def load_model(path: Path) -> tuple[nn.Module, Config]:
-    """Rebuild a model from a checkpoint dir alone (config + weights), in eval mode."""
-    path = _existing(path)
-    doc = json.loads((path / "state.json").read_text())
-    config = config_from_dict(doc["config"])
-    weights = load_file(path / "model.safetensors")
-    model = build_model(config.model, doc["state"]["n_items"])
-    model.load_state_dict(weights)
-    return model.eval(), config
 
 
 def _split_optimizer(optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict]:

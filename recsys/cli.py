@@ -48,6 +48,16 @@ def _evaluate(args) -> None:
     print(table((f"{args.split} metric", "value"), list(metrics.items())))
 
 
+def _export(args) -> None:
+    from recsys.export import export_embeddings
+    from recsys.report import table
+
+    summary = export_embeddings(args.run, args.out)
+    rows = [(name, summary[name], summary["dim"], summary[f"{name}_path"])
+            for name in ("items", "users")]
+    print(table(("store", "vectors", "dim", "version dir"), rows))
+
+
 def _pipeline(args) -> None:
     from recsys import load_config
     from recsys.pipeline import run_pipeline, summary
@@ -79,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run dir")
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="export a run's artifacts for serving")
+    p.add_argument("--run", required=True, help="run dir")
+    p.add_argument("--what", required=True, choices=("embeddings",),
+                   help="embeddings: item and user vector stores (candidates come with the index)")
+    p.add_argument("--out", help="output dir (default: RUN_DIR/embeddings)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("pipeline", help="prepare, train, evaluate and summarise")
     p.add_argument("--config", required=True, help="experiment YAML")

@@ -61,10 +61,39 @@ class PopularityConfig:
 
 
 @dataclass(frozen=True)
+class MaskingConfig:
+    kind: Literal["none", "random", "correlated"] = "none"  # SSL feature masking (Yao et al.)
+    alpha: float = 0.1  # weight of the contrastive loss next to the retrieval loss
+    temperature: float = 0.1  # softmax temperature of the contrastive (InfoNCE) loss
+    batch_size: int = 256  # items drawn uniformly from the catalogue per step for the SSL loss
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    dim: int = 64  # output size of both towers (the retrieval embedding)
+    max_len: int = 50  # most recent history items the user tower sees
+    item_ids: bool = True  # item-ID embedding in the item tower (off: text and attributes only)
+    user_ids: bool = True  # user-ID embedding in the user tower
+    text: tuple[str, ...] = ("title",)  # attributes read by the frozen text encoder, one feature
+    categorical: tuple[str, ...] = ()  # attributes embedded as ID bags through torchrec
+    max_values: int = 16  # values kept per categorical attribute of an item
+    history: Literal["mean", "transformer"] = "mean"  # how the user tower pools its history
+    hidden: int = 256  # hidden width of each tower's MLP
+    dropout: float = 0.1  # dropout inside the towers' MLPs
+    temperature: float = 0.05  # softmax temperature of the retrieval loss (vectors are unit length)
+    uniform_negatives: int = 0  # negatives drawn uniformly from the catalogue, on top of in-batch
+    logq: bool = True  # subtract log sampling probability from each negative's logit
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    text_max_tokens: int = 64  # token budget of one attribute's text
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["popularity", "sasrec"] = "sasrec"
+    name: Literal["popularity", "sasrec", "two_tower"] = "sasrec"
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
 
 
 @dataclass(frozen=True)

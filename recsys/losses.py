@@ -13,3 +13,29 @@ def full_softmax_cross_entropy(scores: torch.Tensor, targets: torch.Tensor) -> t
     targets (n,) item indices >= 1. Returns the mean loss (scalar).
     """
     return F.cross_entropy(scores[:, 1:], targets - 1)
+
+
+def sampled_softmax(users: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
+                    temperature: float, log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax over a sampled set of distinct candidate items, with logQ correction.
+
+    users (n, dim) and candidates (c, dim) are unit vectors; positive (n,) is the column of each
+    row's own item. log_q (c,) is the log probability that the sampler put each candidate in the
+    set; subtracting it undoes the bias towards popular items of in-batch negatives
+    (Yi et al. 2019). Candidates are distinct, so no "accidental hit" repeats a positive.
+    """
+    logits = users @ candidates.T / temperature  # (n, c)
+    if log_q is not None:
+        logits = logits - log_q
+    return F.cross_entropy(logits, positive)
+
+
+def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Contrastive loss between two views of the same n items, (n, dim) unit vectors each.
+
+    Row i of view1 must pick row i of view2 among all n (the other items are its negatives),
+    and the other way round; the mean of both directions is returned.
+    """
+    logits = view1 @ view2.T / temperature  # (n, n)
+    labels = torch.arange(len(view1), device=view1.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

@@ -1,24 +1,68 @@
-"""Working with finished runs: rebuild the data split and the model, evaluate again."""
+"""Data and models of a run: load the split, build the model it needs, reload a finished run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from recsys.checkpoint import load_model
-from recsys.config import Config
+import numpy as np
+import torch
+from torch import nn
+
+from features.masking import attribute_codes, mutual_information
+from recsys.checkpoint import load_weights, read_checkpoint
+from recsys.config import Config, config_from_dict
 from recsys.data import ensure_dataset, load_dataset
+from recsys.data.schema import Dataset
 from recsys.data.split import Split, leave_one_out
 from recsys.evaluate import evaluate
+from recsys.item_inputs import build_item_inputs
+from recsys.models import build_model
+from recsys.tasks import NextItemTask, TwoTowerTask
 
 
-def load_split(config: Config) -> Split:
+def load_data(config: Config) -> tuple[Dataset, Split]:
     """Prepare the dataset if needed, load and validate it, and split it leave-one-out."""
     data = config.data
     dataset = load_dataset(ensure_dataset(data.source, data.raw, data.dir, data.mapping))
-    return leave_one_out(dataset.interactions, dataset.items["item_id"])
+    return dataset, leave_one_out(dataset.interactions, dataset.items["item_id"])
+
+
+def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
+    """A freshly initialised model of `config.model` for this data (seed the RNG first)."""
+    counts = torch.as_tensor(split.train_item_counts)
+    inputs = None
+    if config.model.name == "two_tower":
+        inputs = build_item_inputs(config.model.two_tower, dataset.items, len(split.users),
+                                   split.train_item_counts)
+    return build_model(config.model, split.n_items, counts, inputs)
+
+
+def training_task(config: Config, dataset: Dataset, split: Split, model: nn.Module):
+    """The batches and loss that train `model` (see recsys.tasks)."""
+    if config.model.name == "two_tower":
+        nmi = None
+        if config.model.two_tower.masking.kind == "correlated":
+            nmi = item_feature_nmi(dataset, model.item_tower.feature_names)
+        return TwoTowerTask(config.model.two_tower, split, config.train.batch_size, nmi)
+    return NextItemTask(split, model.max_len, config.train.batch_size)
+
+
+def item_feature_nmi(dataset: Dataset, features: tuple[str, ...]) -> np.ndarray:
+    """(F, F) normalised mutual information between the item features, over the item table."""
+    return mutual_information(attribute_codes(dataset.items, features))
+
+
+def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split]:
+    """Rebuild a checkpoint's model (in eval mode) with the data it was trained on."""
+    config = config_from_dict(read_checkpoint(Path(checkpoint))["config"])
+    dataset, split = load_data(config)
+    torch.manual_seed(config.train.seed)  # weights are overwritten; keep init deterministic anyway
+    model = new_model(config, dataset, split)
+    load_weights(Path(checkpoint), model)
+    return model.eval(), config, split
 
 
 def evaluate_run(run_dir: str | Path, which: str = "test") -> dict[str, float]:
     """Metrics of a run's best checkpoint on `which` ("valid" or "test"), from the run dir alone."""
-    model, config = load_model(Path(run_dir) / "checkpoint" / "best")
-    return evaluate(model, load_split(config), which, config.eval)
+    model, config, split = load_run(Path(run_dir) / "checkpoint" / "best")
+    return evaluate(model, split, which, config.eval)

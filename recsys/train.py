@@ -13,23 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
 from tqdm import tqdm
 
-from features.sequences import length_batches, next_item_pairs, training_windows
 from recsys import tracking
 from recsys.atomic import write_json, write_text
 from recsys.checkpoint import has_checkpoint, load_weights, restore_training, save_checkpoint
 from recsys.config import Config, config_from_dict, config_to_dict
 from recsys.data.split import Split
 from recsys.evaluate import evaluate
-from recsys.losses import full_softmax_cross_entropy
-from recsys.models import build_model
 from recsys.plots import training_curve
-from recsys.runs import load_split
+from recsys.runs import load_data, new_model, training_task
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +48,8 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    split = load_split(config)
-    model = build_model(config.model, split.n_items, torch.as_tensor(split.train_item_counts))
+    dataset, split = load_data(config)
+    model = new_model(config, dataset, split)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = (torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
                  if trainable else None)
@@ -72,20 +68,21 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
                 state = restore_training(run_dir / "checkpoint" / "last", model, optimizer)
                 log.info("resumed %s at epoch %d", run_dir, state["epoch"])
         if optimizer is not None and not state["done"]:
-            state = _train_epochs(model, optimizer, split, config, run_dir, state)
+            task = training_task(config, dataset, split, model)
+            state = _train_epochs(model, optimizer, task, split, config, run_dir, state)
         return _finish(model, split, config, run_dir, state)
 
 
-def _train_epochs(model, optimizer, split: Split, config: Config, run_dir: Path, state: dict):
+def _train_epochs(model, optimizer, task, split: Split, config: Config, run_dir: Path,
+                  state: dict):
     cfg = config.train
-    windows = training_windows(split.train, model.max_len)
     epochs = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs,
                   desc="train", unit="epoch", disable=None)
     for epoch in epochs:
         started = time.perf_counter()
-        loss = _one_epoch(model, optimizer, windows, cfg.batch_size, epoch)
+        loss = _one_epoch(model, optimizer, task, epoch)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
-        state["step"] += -(-len(windows) // cfg.batch_size)
+        state["step"] += len(task)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             valid = evaluate(model, split, "valid", config.eval)
             record.update({f"valid_{k}": v for k, v in valid.items()})
@@ -107,30 +104,20 @@ def _train_epochs(model, optimizer, split: Split, config: Config, run_dir: Path,
     return state
 
 
-def _one_epoch(model: nn.Module, optimizer, windows: list[np.ndarray], batch_size: int,
-               epoch: int) -> float:
-    """One pass over the training windows in random order; returns the mean batch loss.
-
-    Batches group windows of similar length (less padding); their order is random.
-    """
+def _one_epoch(model: nn.Module, optimizer, task, epoch: int) -> float:
+    """One pass over the task's batches (in random order); returns the mean batch loss."""
     model.train()
-    lengths = np.array([len(w) for w in windows])
-    batches = length_batches(torch.randperm(len(windows)).numpy(), lengths, batch_size)
     total = 0.0
-    bar = tqdm(torch.randperm(len(batches)).tolist(), desc=f"epoch {epoch + 1}", leave=False,
+    bar = tqdm(task.batches(), total=len(task), desc=f"epoch {epoch + 1}", leave=False,
                disable=None)
-    for b in bar:
-        inputs, targets = map(torch.as_tensor,
-                              next_item_pairs([windows[w] for w in batches[b]], model.max_len))
-        hidden = model(inputs)  # (batch, L, dim)
-        labelled = targets > 0
-        loss = full_softmax_cross_entropy(model.item_scores(hidden[labelled]), targets[labelled])
+    for batch in bar:
+        loss = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.item()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return total / max(len(batches), 1)
+    return total / max(len(task), 1)
 
 
 def _finish(model, split: Split, config: Config, run_dir: Path, state: dict) -> RunResult:

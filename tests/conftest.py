@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import string
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from recsys.config import Config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+TINY_BERT_WORDS = ["hello", "world", "red", "drill", "steel", "staple", "kit", "title", "brand",
+                   "category", "item", "name"]
 
 
 def write_successor_csv(folder: Path, users: int = 120, items: int = 30, seed: int = 0) -> Path:
@@ -75,3 +79,21 @@ def successor_root(_successor_root, tmp_path) -> Path:
 @pytest.fixture
 def config(successor_root) -> Config:
     return copy.deepcopy(tiny_config(successor_root))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, 32-dim BERT with random weights and a WordPiece vocab (letters cover any word)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    letters = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_BERT_WORDS, *letters,
+             *(f"##{c}" for c in letters)]
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    return path

@@ -8,19 +8,26 @@ from torch import nn
 from recsys.config import ModelConfig
 from recsys.models.popularity import Popularity
 from recsys.models.sasrec import SASRec
+from recsys.models.two_tower import ItemInputs, TwoTower
 
-__all__ = ["Popularity", "SASRec", "build_model"]
+__all__ = ["ItemInputs", "Popularity", "SASRec", "TwoTower", "build_model"]
 
 
 def build_model(
-    config: ModelConfig, n_items: int, item_counts: torch.Tensor | None = None
+    config: ModelConfig, n_items: int, item_counts: torch.Tensor | None = None,
+    inputs: ItemInputs | None = None,
 ) -> nn.Module:
     """A fresh model for a catalogue of `n_items` (indices 1..n_items; 0 is padding).
 
-    `item_counts` (n_items + 1,) are training counts, used by the popularity baseline only.
+    `item_counts` (n_items + 1,) are training counts, used by the popularity baseline only;
+    `inputs` are the item features the two-tower model reads.
     """
     if config.name == "sasrec":
         return SASRec(config.sasrec, n_items)
     if config.name == "popularity":
         return Popularity(config.popularity, n_items, item_counts)
+    if config.name == "two_tower":
+        if inputs is None:
+            raise ValueError("the two-tower model needs its item inputs")
+        return TwoTower(config.two_tower, n_items, inputs)
     raise ValueError(f"unknown model {config.name!r}")

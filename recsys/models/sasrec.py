@@ -55,7 +55,8 @@ class SASRec(nn.Module):
         """(n_items + 1, dim) the vector of every item index; row 0 = padding."""
         return self.item_emb.weight
 
-    def user_vectors(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+    def user_vectors(self, history: torch.Tensor,
+                     users: torch.Tensor | None = None) -> torch.Tensor:
         """history (batch, L) -> (batch, dim) from the last position; `users` is not used."""
         return self(history)[:, -1]
 

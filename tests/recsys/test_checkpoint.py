@@ -4,7 +4,7 @@ import torch
 
 from recsys.checkpoint import (
     has_checkpoint,
-    load_model,
+    load_weights,
     read_checkpoint,
     restore_training,
     save_checkpoint,
@@ -46,11 +46,17 @@ def test_restored_training_continues_bit_for_bit(tmp_path):
         assert torch.equal(got, want)
 
 
-def test_model_is_rebuilt_from_the_checkpoint_alone(tmp_path):
+def test_a_checkpoint_carries_its_config_and_weights(tmp_path):
+    from recsys.models import build_model
+
     model, _ = _trained_pair()
     save_checkpoint(tmp_path / "best", model, None, {"n_items": 20}, CONFIG)
-    rebuilt, config = load_model(tmp_path / "best")
+    doc = read_checkpoint(tmp_path / "best")
+    config = config_from_dict(doc["config"])
     assert config == CONFIG
+    rebuilt = build_model(config.model, doc["state"]["n_items"])
+    load_weights(tmp_path / "best", rebuilt)
+    rebuilt.eval()
     history = torch.tensor([[1, 2, 3]])
     assert torch.equal(rebuilt.score(history), model.eval().score(history))
 

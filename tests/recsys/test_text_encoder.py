@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import string
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from recsys.config import TextEncoderConfig
 from recsys.models import text_encoder as te
 from recsys.models.text_encoder import TextEncoder, encode_texts, mean_pool
 
-WORDS = ["hello", "world", "red", "drill", "steel", "staple", "kit", "title", "brand", "category"]
 TEXTS = ["hello world", "red steel drill kit " * 6, "title staple", "brand x", "category kit red",
          "zebra quartz jumps over the lazy dog", ""]
 
@@ -25,24 +23,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A 2-layer, 32-dim BERT with random weights and a WordPiece vocab (letters cover any word)."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    letters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters,
-             *(f"##{c}" for c in letters)]
-    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
-    return path
 
 
 @pytest.fixture

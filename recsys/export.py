@@ -1,0 +1,84 @@
+"""Export a finished run's item and user embeddings in the serving store format.
+
+`export_embeddings(run_dir)` rebuilds the model from the run's best checkpoint (which carries its
+config), rebuilds the data split from that config, and writes two stores (serving/store.py):
+`<out>/items` (one vector per catalogue item) and `<out>/users` (one vector per user, from the
+user's whole known history). It never imports the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from features.ids import PAD
+from features.sequences import pad_left
+from recsys.data.split import Split
+from recsys.runs import load_run
+from serving.store import write_store
+
+log = logging.getLogger(__name__)
+
+
+def export_embeddings(
+    run_dir: str | Path, out: str | Path | None = None, *, batch_size: int = 1024
+) -> dict[str, Any]:
+    """Write `out/items` and `out/users` (default out: `run_dir/embeddings`); return a summary.
+
+    Items: ids = raw item ids, vectors = `model.item_vectors()[1:]` (row 0 is padding).
+    Users: ids = raw user ids, vectors = `model.user_vectors(history, users)` where history is
+    everything known of the user (train prefix + valid and test targets where present).
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "embeddings"
+    model, config, split = load_run(run_dir / "checkpoint" / "best")
+    if not hasattr(model, "item_vectors"):
+        raise ValueError(f"model {config.model.name!r} has no embeddings to export")
+
+    with torch.inference_mode():
+        items = model.eval().item_vectors()[1:].float().cpu().numpy()  # (n_items, dim)
+    users = user_vectors(model, split, batch_size)  # (n_users, dim)
+    stores = {"items": (split.items.ids, items), "users": (split.users.ids, users)}
+    summary: dict[str, Any] = {"run_id": run_dir.name, "model": config.model.name,
+                               "dim": int(items.shape[1])}
+    for name, (ids, vectors) in stores.items():
+        path = write_store(out / name, ids, vectors, model=config.model.name,
+                           run_id=run_dir.name, normalized=_unit_norm(vectors))
+        summary[name] = len(ids)
+        summary[f"{name}_path"] = str(path)
+    log.info("exported embeddings: %s", summary)
+    return summary
+
+
+def full_histories(split: Split) -> list[np.ndarray]:
+    """Per user (n_users,), every item index known in time order: train + valid + test target."""
+    histories = []
+    for row, prefix in enumerate(split.train):
+        held_out = [t for t in (split.valid_target[row], split.test_target[row]) if t != PAD]
+        histories.append(np.append(prefix, held_out).astype(np.int64))
+    return histories
+
+
+@torch.inference_mode()
+def user_vectors(model: nn.Module, split: Split, batch_size: int = 1024) -> np.ndarray:
+    """(n_users, dim) float32 user vectors from each user's full history, in user row order."""
+    model.eval()
+    histories = full_histories(split)
+    parts = []
+    for start in tqdm(range(0, len(histories), batch_size), desc="user vectors", unit="batch"):
+        batch = histories[start : start + batch_size]
+        inputs = torch.as_tensor(pad_left(batch, model.max_len))  # (batch, L)
+        rows = torch.arange(start, start + len(batch))  # (batch,) user row numbers
+        parts.append(model.user_vectors(inputs, rows).float().cpu().numpy())  # (batch, dim)
+    return np.concatenate(parts)
+
+
+def _unit_norm(vectors: np.ndarray, tol: float = 1e-3) -> bool:
+    """Whether every row has L2 norm 1 (within `tol`), so dot product = cosine."""
+    return bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=tol))

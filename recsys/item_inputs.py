@@ -1,0 +1,86 @@
+"""Item features for the two-tower model, built from the item table of a dataset.
+
+Text attributes go through the frozen text encoder (one vector per attribute, cached by text),
+categorical attributes become padded integer codes for torchrec bags. Row 0 is the padding item,
+row i the item of index i (items.parquet order, as in `Split.items`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from features.text import clean_text, item_sentences
+from recsys.config import TwoTowerConfig
+from recsys.models.text_encoder import TextEncoder, encode_texts
+from recsys.models.two_tower import ItemInputs
+
+log = logging.getLogger(__name__)
+
+
+def build_item_inputs(config: TwoTowerConfig, items: pd.DataFrame, n_users: int,
+                      train_counts: np.ndarray) -> ItemInputs:
+    """`ItemInputs` for every row of `items`; train_counts (n_items + 1,) marks known IDs."""
+    _require_columns(items, config.text + config.categorical)
+    categorical = [categorical_codes(items[c], config.max_values) for c in config.categorical]
+    return ItemInputs(
+        text=torch.as_tensor(text_vectors(config, items)),
+        categorical=tuple(torch.as_tensor(codes) for codes, _ in categorical),
+        vocab_sizes=tuple(size for _, size in categorical),
+        id_known=torch.as_tensor(train_counts > 0),
+        n_users=n_users,
+    )
+
+
+def text_vectors(config: TwoTowerConfig, items: pd.DataFrame) -> np.ndarray:
+    """(n_items + 1, n_text, text_dim) float32 unit vectors; zeros where an item lacks the text."""
+    if not config.text:
+        return np.zeros((len(items) + 1, 0, 1), np.float32)
+    encoder = TextEncoder(config.encoder)
+    out = np.zeros((len(items) + 1, len(config.text), encoder.dim), np.float32)
+    for slot, column in enumerate(config.text):
+        sentences = item_sentences(items, (column,), max_tokens=config.text_max_tokens,
+                                   max_length=None, tokenizer=encoder.tokenizer).sentences
+        rows = np.flatnonzero([bool(s) for s in sentences])
+        if len(rows) < len(items):
+            log.info("text %r: %d of %d items have none (zero vector)", column,
+                     len(items) - len(rows), len(items))
+        if len(rows):
+            texts = [sentences[r] for r in rows]
+            out[rows + 1, slot] = encode_texts(encoder, texts, normalize=True, progress=True)
+    return out
+
+
+def categorical_codes(values: pd.Series, max_values: int) -> tuple[np.ndarray, int]:
+    """Attribute values (str | list[str] | missing) -> codes (n + 1, width) with -1 = none.
+
+    Codes count distinct values in order of first appearance; an item keeps its first
+    `max_values` values. Returns the codes and the number of distinct values.
+    """
+    vocab: dict[str, int] = {}
+    rows = [[vocab.setdefault(v, len(vocab)) for v in _values(x)[:max_values]] for x in values]
+    width = max(1, max((len(r) for r in rows), default=0))
+    codes = np.full((len(rows) + 1, width), -1, np.int64)
+    for i, row in enumerate(rows, start=1):
+        codes[i, : len(row)] = row
+    return codes, len(vocab)
+
+
+def _values(value) -> list[str]:
+    """The distinct non-empty cleaned strings of one attribute value, in order."""
+    if isinstance(value, list | tuple | np.ndarray):
+        cleaned = (clean_text(v) for v in value)
+    else:
+        cleaned = (clean_text(value),)
+    return list(dict.fromkeys(v for v in cleaned if v))
+
+
+def _require_columns(items: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in dict.fromkeys(columns) if c not in items.columns]
+    if missing:
+        raise ValueError(f"items.parquet has no attribute {missing[0]!r} named in model.two_tower "
+                         f"(attributes: {', '.join(c for c in items.columns if c != 'item_id')})")

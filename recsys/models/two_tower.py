@@ -1,0 +1,177 @@
+"""Two-tower retrieval: an item tower over text + ID/attribute features, a user tower over history.
+
+Item features are computed outside the model (`ItemInputs`: frozen text-encoder vectors per
+attribute, padded categorical codes), so the model never sees a dataset. ID and categorical
+features go through one torchrec `EmbeddingBagCollection` per tower. Each item feature becomes a
+`dim` vector; feature masking (SSL) zeroes whole features before the tower's MLP. Both towers
+return unit vectors, so a score is a cosine; the losses live in `recsys.losses`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+from recsys.config import TwoTowerConfig
+
+
+@dataclass(frozen=True)
+class ItemInputs:
+    """Model-ready item features for the catalogue; row 0 of every tensor is the padding item."""
+
+    text: torch.Tensor  # (n_items + 1, n_text, text_dim) frozen encoder vectors, 0 when absent
+    categorical: tuple[torch.Tensor, ...]  # per attribute (n_items + 1, max_values), -1 = none
+    vocab_sizes: tuple[int, ...]  # per categorical attribute: values (codes 0..size-1)
+    id_known: torch.Tensor  # (n_items + 1,) bool: the item has training interactions
+    n_users: int  # user rows (the users of the split)
+
+    @classmethod
+    def placeholder(cls, config: TwoTowerConfig, n_items: int, n_users: int, text_dim: int,
+                    vocab_sizes: tuple[int, ...]) -> ItemInputs:
+        """Empty inputs of the right shapes, e.g. to load a checkpoint's weights into."""
+        rows = n_items + 1
+        return cls(torch.zeros(rows, len(config.text), text_dim),
+                   tuple(torch.full((rows, 1), -1) for _ in config.categorical),
+                   vocab_sizes, torch.ones(rows, dtype=torch.bool), n_users)
+
+
+def _bags(features: dict[str, torch.Tensor]) -> KeyedJaggedTensor:
+    """{name: codes (batch, k) with -1 = none} -> a KeyedJaggedTensor of the non-negative codes."""
+    lengths = [(codes >= 0).sum(1) for codes in features.values()]
+    values = [codes[codes >= 0] for codes in features.values()]
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=list(features), values=torch.cat(values), lengths=torch.cat(lengths).int())
+
+
+def _table(name: str, rows: int, dim: int) -> EmbeddingBagConfig:
+    return EmbeddingBagConfig(name=f"t_{name}", embedding_dim=dim, num_embeddings=max(rows, 1),
+                              feature_names=[name], pooling=PoolingType.MEAN)
+
+
+def _mlp(inputs: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, out))
+
+
+class ItemTower(nn.Module):
+    """Item indices (n,) [+ feature mask (n, F)] -> unit vectors (n, dim)."""
+
+    def __init__(self, config: TwoTowerConfig, n_items: int, inputs: ItemInputs):
+        super().__init__()
+        self.config = config
+        self.feature_names = (("item_id",) if config.item_ids else ()) + config.text \
+            + config.categorical
+        if not self.feature_names:
+            raise ValueError("two_tower needs at least one item feature (item_ids, text or "
+                             "categorical)")
+        self.register_buffer("text", inputs.text, persistent=False)
+        self.register_buffer("id_known", inputs.id_known, persistent=False)
+        for name, codes in zip(config.categorical, inputs.categorical, strict=True):
+            self.register_buffer(f"codes_{name}", codes, persistent=False)
+        tables = [_table(n, v, config.dim) for n, v in zip(config.categorical, inputs.vocab_sizes,
+                                                            strict=True)]
+        if config.item_ids:
+            tables.insert(0, _table("item_id", n_items + 1, config.dim))
+        self.bags = EmbeddingBagCollection(tables=tables) if tables else None
+        self.text_proj = nn.ModuleList(nn.Linear(inputs.text.shape[-1], config.dim)
+                                       for _ in config.text)
+        self.mlp = _mlp(len(self.feature_names) * config.dim, config.hidden, config.dim,
+                        config.dropout)
+
+    def features(self, items: torch.Tensor) -> torch.Tensor:
+        """items (n,) -> one vector per feature (n, F, dim), in `feature_names` order."""
+        by_name = {}
+        if self.bags is not None:
+            codes = {n: getattr(self, f"codes_{n}")[items] for n in self.config.categorical}
+            if self.config.item_ids:  # cold items have no trained ID row: leave their bag empty
+                codes = {"item_id": torch.where(self.id_known[items], items, -1)[:, None], **codes}
+            by_name = self.bags(_bags(codes)).to_dict()  # name -> (n, dim)
+        for name, proj, text in zip(self.config.text, self.text_proj, self.text[items].unbind(1),
+                                    strict=True):
+            by_name[name] = proj(text)  # (n, dim); absent text is a zero vector -> the bias only
+        return torch.stack([by_name[name] for name in self.feature_names], dim=1)
+
+    def forward(self, items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """items (n,), mask (n, F) bool (True = feature hidden) -> (n, dim) unit vectors."""
+        feats = self.features(items)  # (n, F, dim)
+        if mask is not None:
+            feats = feats.masked_fill(mask[..., None], 0.0)
+        return F.normalize(self.mlp(feats.flatten(1)), dim=-1)
+
+
+class UserTower(nn.Module):
+    """History item vectors (batch, L, dim) + user rows (batch,) -> unit vectors (batch, dim)."""
+
+    def __init__(self, config: TwoTowerConfig, n_users: int):
+        super().__init__()
+        self.config = config
+        self.ids = (EmbeddingBagCollection(tables=[_table("user_id", n_users, config.dim)])
+                    if config.user_ids else None)
+        self.encoder = None
+        if config.history == "transformer":
+            self.positions = nn.Embedding(config.max_len, config.dim)
+            block = nn.TransformerEncoderLayer(config.dim, nhead=1, dim_feedforward=2 * config.dim,
+                                               dropout=config.dropout, batch_first=True,
+                                               norm_first=True)
+            self.encoder = nn.TransformerEncoder(block, 1, enable_nested_tensor=False)
+        parts = 2 if config.user_ids else 1
+        self.mlp = _mlp(parts * config.dim, config.hidden, config.dim, config.dropout)
+
+    def forward(self, history: torch.Tensor, present: torch.Tensor,
+                users: torch.Tensor | None) -> torch.Tensor:
+        """history (batch, L, dim) item vectors, present (batch, L) bool -> (batch, dim)."""
+        if self.encoder is not None:
+            length = history.shape[1]
+            history = history + self.positions.weight[self.config.max_len - length:]
+            blocked = ~present | ~present.any(1, keepdim=True)  # all-empty rows attend to all
+            history = self.encoder(history, src_key_padding_mask=blocked)
+        weights = present.float()[..., None]  # (batch, L, 1)
+        pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, dim)
+        parts = [pooled]
+        if self.ids is not None:
+            if users is None:
+                raise ValueError("this two-tower model has user-ID embeddings: pass `users`")
+            parts.append(self.ids(_bags({"user_id": users[:, None]})).to_dict()["user_id"])
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+
+class TwoTower(nn.Module):
+    """The retrieval model: `score(history, users)` = user vectors @ item vectors.T."""
+
+    def __init__(self, config: TwoTowerConfig, n_items: int, inputs: ItemInputs):
+        super().__init__()
+        self.config = config
+        self.max_len = config.max_len
+        self.n_items = n_items
+        self.item_tower = ItemTower(config, n_items, inputs)
+        self.user_tower = UserTower(config, inputs.n_users)
+
+    def item_vectors(self, items: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, dim) for `items` (n,), by default the whole catalogue with row 0 (padding) = 0."""
+        if items is None:
+            items = torch.arange(self.n_items + 1, device=self.text_device)
+            vectors = self.item_tower(items)
+            return torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
+        return self.item_tower(items, mask)
+
+    def user_vectors(self, history: torch.Tensor,
+                     users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) item indices left-padded with 0, users (batch,) -> (batch, dim)."""
+        history = history[:, -self.max_len:]
+        present = history > 0
+        unique, where = torch.unique(history, return_inverse=True)
+        vectors = self.item_tower(unique)[where]  # (batch, L, dim): each distinct item once
+        return self.user_tower(vectors * present[..., None], present, users)
+
+    def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) -> scores (batch, n_items + 1); column 0 (padding) is meaningless."""
+        return self.user_vectors(history, users) @ self.item_vectors().T
+
+    @property
+    def text_device(self) -> torch.device:
+        return self.item_tower.text.device
