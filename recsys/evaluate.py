@@ -34,7 +34,8 @@ def rank_targets(
         chunk = rows[start : start + config.chunk_users]
         target = torch.as_tensor(targets[start : start + len(chunk)])
         histories = split.history(which, chunk)
-        inputs = torch.as_tensor(pad_left(histories, model.max_len))
+        longest = max(map(len, histories), default=1)
+        inputs = torch.as_tensor(pad_left(histories, longest))  # models read what they need
         users = torch.as_tensor(chunk)
         scores = model.score(inputs, users).float().clone()  # (chunk, n_items + 1)
         scores[:, 0] = float("-inf")
@@ -62,8 +63,12 @@ def ranking_metrics(ranked: dict[str, np.ndarray], split: Split, which: str, con
     cold = _cold_targets(split, which)
     if cold.any():
         out["cold_recall@10"] = recall_at_k(ranks[cold], 10)
+    tail = ~head_items(split.train_item_counts)[split.target(which)[split.eval_users(which)]]
+    if tail.any():
+        out["tail_recall@10"] = recall_at_k(ranks[tail], 10)
     out["users"] = float(len(ranks))
     out["cold_users"] = float(cold.sum())
+    out["tail_users"] = float(tail.sum())
     return out
 
 
@@ -90,6 +95,15 @@ def _mask_seen(scores: torch.Tensor, histories: list[np.ndarray], target: torch.
     keep = scores.gather(1, target[:, None])
     scores[torch.as_tensor(rows), torch.as_tensor(cols)] = float("-inf")
     scores.scatter_(1, target[:, None], keep)  # a repeated target stays rankable
+
+
+def head_items(counts: np.ndarray, share: float = 0.2) -> np.ndarray:
+    """(n_items + 1,) bool: the `share` most-trained items (ties: lower index); the rest is tail."""
+    n_items = len(counts) - 1
+    order = np.argsort(-counts[1:], kind="stable") + 1
+    head = np.zeros(n_items + 1, dtype=bool)
+    head[order[: int(np.ceil(share * n_items))]] = True
+    return head
 
 
 def _cold_targets(split: Split, which: str) -> np.ndarray:

@@ -42,9 +42,9 @@ class NextItemTask:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         inputs, targets = batch
-        hidden = model(inputs)  # (batch, L, dim)
         labelled = targets > 0
-        return full_softmax_cross_entropy(model.item_scores(hidden[labelled]), targets[labelled])
+        return full_softmax_cross_entropy(model.position_scores(inputs, labelled),
+                                          targets[labelled])
 
 
 class TwoTowerTask:

@@ -1,7 +1,10 @@
 """SASRec: a causal transformer over item-ID sequences (Kang & McAuley 2018).
 
 Trained here with full softmax over the catalogue at every position ("SASRec+" recipe); the
-output embedding is tied to the input item embedding, so scores are dot products.
+output embedding is tied to the input item embedding, so scores are dot products. With
+`repeat_bias`, one learned scalar is added to the score of every item already in the history:
+the model learns from the training data how likely users are to consume an item again (on
+MovieLens, never), as repeat-aware recommenders do (RepeatNet, Ren et al. 2019).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class SASRec(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
+        self.repeat = nn.Parameter(torch.zeros(())) if config.repeat_bias else None
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
@@ -57,12 +61,36 @@ class SASRec(nn.Module):
 
     def user_vectors(self, history: torch.Tensor,
                      users: torch.Tensor | None = None) -> torch.Tensor:
-        """history (batch, L) -> (batch, dim) from the last position; `users` is not used."""
-        return self(history)[:, -1]
+        """history (batch, L) -> (batch, dim) from the last position; `users` is not used.
+
+        Only the most recent `max_len` items are read.
+        """
+        return self(history[:, -self.max_len :])[:, -1]
 
     def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-item scores: history (batch, L) -> (batch, n_items + 1)."""
-        return self.item_scores(self.user_vectors(history))
+        """Next-item scores: history (batch, L) -> (batch, n_items + 1).
+
+        The repeat bias, if any, applies to every item of `history`, however long.
+        """
+        scores = self.item_scores(self.user_vectors(history))
+        if self.repeat is not None:
+            seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, history, True)
+            scores = scores + self.repeat * seen
+        return scores
+
+    def position_scores(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Scores after the chosen positions of a training batch (all positions at once).
+
+        items (batch, L) left-padded, positions (batch, L) bool -> (n_chosen, n_items + 1);
+        the repeat bias counts the items up to and including each position.
+        """
+        scores = self.item_scores(self(items)[positions])
+        if self.repeat is not None:
+            onehot = torch.zeros(*items.shape, scores.shape[-1], dtype=torch.int16,
+                                 device=items.device).scatter_(2, items[..., None], 1)
+            seen = onehot.cumsum(1, dtype=torch.int16)[positions] > 0  # (n_chosen, n_items + 1)
+            scores = scores + self.repeat * seen
+        return scores
 
     def _attention_mask(self, items: torch.Tensor) -> torch.Tensor:
         """(batch * heads, L, L) bool, True = blocked: future positions and padding keys.

@@ -1,3 +1,5 @@
+import dataclasses
+
 import torch
 
 from recsys.config import PopularityConfig, SASRecConfig
@@ -41,3 +43,31 @@ def test_popularity_scores_are_the_counts_for_everyone():
     assert scores.tolist() == [counts.tolist(), counts.tolist()]
     assert not list(model.parameters())
 
+
+
+def test_repeat_bias_scores_match_between_training_positions_and_serving():
+    config = dataclasses.replace(CONFIG, repeat_bias=True)
+    torch.manual_seed(0)
+    model = SASRec(config, n_items=30).eval()
+    with torch.no_grad():
+        model.repeat.fill_(-3.0)
+    items = torch.tensor([[0, 0, 4, 7, 4, 9]])
+    every = torch.ones_like(items, dtype=torch.bool)
+    during_training = model.position_scores(items, every)  # (6, 31)
+    torch.testing.assert_close(during_training[-1], model.score(items)[0])  # the last position
+    shift = during_training - model.item_scores(model(items))[0]  # (6, 31) the repeat term
+    for t, seen in [(2, {4}), (3, {4, 7}), (4, {4, 7}), (5, {4, 7, 9})]:
+        moved = set(torch.nonzero(shift[t, 1:] != 0).flatten().add(1).tolist())
+        assert moved == seen and torch.allclose(shift[t, sorted(seen)], torch.tensor(-3.0))
+
+
+def test_serving_reads_only_the_last_max_len_items_but_penalises_all_seen():
+    config = dataclasses.replace(CONFIG, repeat_bias=True)
+    model = SASRec(config, n_items=30).eval()
+    with torch.no_grad():
+        model.repeat.fill_(-1.0)
+    long = torch.arange(1, 21)[None, :]  # 20 items, max_len 8
+    torch.testing.assert_close(model.user_vectors(long), model.user_vectors(long[:, -8:]))
+    shift = model.score(long)[0] - model.score(long[:, -8:])[0]
+    torch.testing.assert_close(shift[1:13], torch.full((12,), -1.0))
+    assert torch.all(shift[13:] == 0)
