@@ -26,6 +26,7 @@ class DataConfig:
     raw: str = "data/sample/ml-latest-small"  # raw files, relative to the working directory
     dir: str = "data/prepared/ml-latest-small"  # canonical dataset dir written by prepare
     mapping: dict[str, Any] | None = None  # column mapping for source "tabular"
+    cold_items: float = 0.0  # share of items (newest first seen) kept out of training: cold start
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class SASRecConfig:
     heads: int = 1  # attention heads
     dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
     ffn_mult: int = 4  # feed-forward width = ffn_mult * dim
+    repeat_bias: bool = False  # learn one score offset for items already in the history
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,12 @@ class TwoTowerConfig:
     dim: int = 64  # output size of both towers (the retrieval embedding)
     max_len: int = 50  # most recent history items the user tower sees
     item_ids: bool = True  # item-ID embedding in the item tower (off: text and attributes only)
+    id_dropout: float = 0.0  # training share of items shown without their ID (as cold ones are)
     user_ids: bool = True  # user-ID embedding in the user tower
     text: tuple[str, ...] = ("title",)  # attributes read by the frozen text encoder, one feature
     categorical: tuple[str, ...] = ()  # attributes embedded as ID bags through torchrec
     max_values: int = 16  # values kept per categorical attribute of an item
-    history: Literal["mean", "transformer"] = "mean"  # how the user tower pools its history
+    history: Literal["mean", "transformer"] = "mean"  # mean, or a transformer read at the newest
     hidden: int = 256  # hidden width of each tower's MLP
     dropout: float = 0.1  # dropout inside the towers' MLPs
     temperature: float = 0.05  # softmax temperature of the retrieval loss (vectors are unit length)

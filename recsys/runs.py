@@ -24,7 +24,8 @@ def load_data(config: Config) -> tuple[Dataset, Split]:
     """Prepare the dataset if needed, load and validate it, and split it leave-one-out."""
     data = config.data
     dataset = load_dataset(ensure_dataset(data.source, data.raw, data.dir, data.mapping))
-    return dataset, leave_one_out(dataset.interactions, dataset.items["item_id"])
+    split = leave_one_out(dataset.interactions, dataset.items["item_id"], data.cold_items)
+    return dataset, split
 
 
 def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:

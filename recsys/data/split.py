@@ -54,8 +54,16 @@ class Split:
         return np.bincount(flat, minlength=self.n_items + 1)
 
 
-def leave_one_out(interactions: pd.DataFrame, item_ids: pd.Series) -> Split:
-    """Split canonical interactions (row order = raw file order) for the whole catalogue."""
+def leave_one_out(interactions: pd.DataFrame, item_ids: pd.Series,
+                  cold_fraction: float = 0.0) -> Split:
+    """Split canonical interactions (row order = raw file order) for the whole catalogue.
+
+    With `cold_fraction` > 0, that share of the interacted items, the newest by first
+    interaction, never enters training (they are dropped from every training prefix) but stay
+    valid/test targets: a cold-start split for catalogues without enough cold items of their own.
+    """
+    if not 0.0 <= cold_fraction < 1.0:
+        raise ValueError(f"cold_fraction must be in [0, 1), got {cold_fraction}")
     items = IdMap(item_ids)
     users = IdMap(interactions["user_id"])
     user_idx = users.index(interactions["user_id"])
@@ -66,11 +74,18 @@ def leave_one_out(interactions: pd.DataFrame, item_ids: pd.Series) -> Split:
     bounds = np.flatnonzero(np.diff(user_sorted)) + 1
     sequences = np.split(item_sorted, bounds)  # in user index order, since users sort first
 
+    cold = _newest_items(item_idx[np.argsort(timestamps, kind="stable")], cold_fraction)
     train, valid, test = [], np.zeros(len(users), np.int64), np.zeros(len(users), np.int64)
     for row, seq in enumerate(sequences):
+        prefix = seq[:-2] if len(seq) >= 3 else seq
+        train.append(prefix[~np.isin(prefix, cold)] if len(cold) else prefix)
         if len(seq) >= 3:
-            train.append(seq[:-2])
             valid[row], test[row] = seq[-2], seq[-1]
-        else:
-            train.append(seq)
     return Split(users=users, items=items, train=train, valid_target=valid, test_target=test)
+
+
+def _newest_items(items_in_time_order: np.ndarray, fraction: float) -> np.ndarray:
+    """The last `fraction` of the distinct items, ordered by their first interaction."""
+    first_seen = pd.unique(items_in_time_order)
+    return first_seen[len(first_seen) - int(round(fraction * len(first_seen))):] \
+        if fraction > 0 else first_seen[:0]

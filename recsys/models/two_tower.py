@@ -88,7 +88,11 @@ class ItemTower(nn.Module):
         if self.bags is not None:
             codes = {n: getattr(self, f"codes_{n}")[items] for n in self.config.categorical}
             if self.config.item_ids:  # cold items have no trained ID row: leave their bag empty
-                codes = {"item_id": torch.where(self.id_known[items], items, -1)[:, None], **codes}
+                keep = self.id_known[items]
+                if self.training and self.config.id_dropout > 0:  # learn to do without the ID
+                    keep = keep & (torch.rand(items.shape, device=items.device)
+                                   >= self.config.id_dropout)
+                codes = {"item_id": torch.where(keep, items, -1)[:, None], **codes}
             by_name = self.bags(_bags(codes)).to_dict()  # name -> (n, dim)
         for name, proj, text in zip(self.config.text, self.text_proj, self.text[items].unbind(1),
                                     strict=True):
@@ -114,6 +118,7 @@ class UserTower(nn.Module):
         self.encoder = None
         if config.history == "transformer":
             self.positions = nn.Embedding(config.max_len, config.dim)
+            nn.init.normal_(self.positions.weight, std=0.02)  # small next to unit item vectors
             block = nn.TransformerEncoderLayer(config.dim, nhead=1, dim_feedforward=2 * config.dim,
                                                dropout=config.dropout, batch_first=True,
                                                norm_first=True)
@@ -128,9 +133,10 @@ class UserTower(nn.Module):
             length = history.shape[1]
             history = history + self.positions.weight[self.config.max_len - length:]
             blocked = ~present | ~present.any(1, keepdim=True)  # all-empty rows attend to all
-            history = self.encoder(history, src_key_padding_mask=blocked)
-        weights = present.float()[..., None]  # (batch, L, 1)
-        pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, dim)
+            pooled = self.encoder(history, src_key_padding_mask=blocked)[:, -1]  # newest item
+        else:
+            weights = present.float()[..., None]  # (batch, L, 1)
+            pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, dim)
         parts = [pooled]
         if self.ids is not None:
             if users is None:

@@ -6,7 +6,7 @@ from torch import nn
 
 from recsys.config import EvalConfig
 from recsys.data.split import leave_one_out
-from recsys.evaluate import evaluate, rank_targets
+from recsys.evaluate import evaluate, head_items, rank_targets
 
 
 class FixedScores(nn.Module):
@@ -59,3 +59,12 @@ def test_metrics_include_cold_items_and_state_the_user_count():
     assert metrics["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3)) / 2)
     assert metrics["cold_recall@10"] == pytest.approx(1.0)
     assert metrics["coverage@10"] == pytest.approx(1.0)  # top-10 of 5 items covers all
+
+
+def test_head_items_are_the_most_trained_fifth_and_tail_recall_uses_the_rest():
+    counts = np.array([0, 9, 1, 5, 5, 0, 2, 0, 0, 0, 3])  # ten items: head = 2 most trained
+    assert np.flatnonzero(head_items(counts)).tolist() == [1, 3]  # tie 3/4: lower index
+    split = _split()
+    metrics = evaluate(FixedScores([0.0, 5.0, 4.0, 3.0, 2.0, 1.0]), split, "test", EvalConfig())
+    # train counts a=1, b=2, d=1 -> head (1 of 5 items) = b; both targets (d, e) are tail
+    assert metrics["tail_users"] == 2 and metrics["tail_recall@10"] == pytest.approx(1.0)

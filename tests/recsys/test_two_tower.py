@@ -182,3 +182,17 @@ def test_items_without_text_get_zero_text_vectors(config, tiny_model_dir, tmp_pa
                                split.train_item_counts)
     assert torch.all(inputs.text[0] == 0) and torch.all(inputs.text[3] == 0)
     assert torch.allclose(inputs.text[1].norm(dim=-1), torch.ones(1))
+
+
+def test_id_dropout_hides_ids_in_training_only():
+    model = _model(id_dropout=1.0)
+    items = torch.tensor([1, 2, 3])
+    eval_vectors = model.item_vectors(items)
+    with torch.no_grad():
+        model.item_tower.bags.embedding_bags["t_item_id"].weight.add_(1.0)
+    assert not torch.allclose(model.item_vectors(items), eval_vectors)  # eval reads the ID
+    model.train()
+    hidden = model.item_vectors(items)
+    with torch.no_grad():
+        model.item_tower.bags.embedding_bags["t_item_id"].weight.add_(1.0)
+    torch.testing.assert_close(model.item_vectors(items), hidden)  # training never does
