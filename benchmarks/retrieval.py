@@ -22,7 +22,7 @@ from recsys.report import table
 from recsys.train import fit
 
 KEYS = ("ndcg@10", "ndcg@20", "recall@10", "recall@20", "mrr@10", "ndcg@10_all", "recall@10_all",
-        "coverage@10")
+        "coverage@10", "tail_recall@10", "cold_recall@10")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     row = {
         "dataset": args.dataset,
         "model": config.model.name,
-        **{k: round(test[k], 5) for k in KEYS},
+        **{k: round(test[k], 5) if k in test else None for k in KEYS},  # None: no such targets
         "exclude_seen": config.eval.exclude_seen,
         "users": int(test["users"]),
         "epochs": epochs,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         "run_id": result.run_id,
     }
     names = ("metric", config.model.name, "popularity")
-    print(table(names, [(k, test[k], popular.metrics["test"][k]) for k in KEYS]))
+    print(table(names, [(k, row[k], popular.metrics["test"].get(k)) for k in KEYS]))
     facts = ("exclude_seen", "users", "epochs", "best_epoch", "sec_per_epoch", "train_seconds",
              "peak_rss_mb")
     print(table(("", ""), [(k, row[k]) for k in facts]))

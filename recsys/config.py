@@ -77,6 +77,7 @@ class TwoTowerConfig:
     item_ids: bool = True  # item-ID embedding in the item tower (off: text and attributes only)
     id_dropout: float = 0.0  # training share of items shown without their ID (as cold ones are)
     user_ids: bool = True  # user-ID embedding in the user tower
+    user_categorical: tuple[str, ...] = ()  # user attributes (users.parquet) as ID bags
     text: tuple[str, ...] = ("title",)  # attributes read by the frozen text encoder, one feature
     categorical: tuple[str, ...] = ()  # attributes embedded as ID bags through torchrec
     max_values: int = 16  # values kept per categorical attribute of an item

@@ -15,9 +15,9 @@ from recsys.data import ensure_dataset, load_dataset
 from recsys.data.schema import Dataset
 from recsys.data.split import Split, leave_one_out
 from recsys.evaluate import evaluate
-from recsys.item_inputs import build_item_inputs
 from recsys.models import build_model
 from recsys.tasks import NextItemTask, TwoTowerTask
+from recsys.tower_inputs import build_tower_inputs
 
 
 def load_data(config: Config) -> tuple[Dataset, Split]:
@@ -33,8 +33,8 @@ def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
     counts = torch.as_tensor(split.train_item_counts)
     inputs = None
     if config.model.name == "two_tower":
-        inputs = build_item_inputs(config.model.two_tower, dataset.items, len(split.users),
-                                   split.train_item_counts)
+        inputs = build_tower_inputs(config.model.two_tower, dataset.items, dataset.users,
+                                    split.users.ids, split.train_item_counts)
     return build_model(config.model, split.n_items, counts, inputs)
 
 

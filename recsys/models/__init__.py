@@ -8,14 +8,14 @@ from torch import nn
 from recsys.config import ModelConfig
 from recsys.models.popularity import Popularity
 from recsys.models.sasrec import SASRec
-from recsys.models.two_tower import ItemInputs, TwoTower
+from recsys.models.two_tower import TowerInputs, TwoTower
 
-__all__ = ["ItemInputs", "Popularity", "SASRec", "TwoTower", "build_model"]
+__all__ = ["TowerInputs", "Popularity", "SASRec", "TwoTower", "build_model"]
 
 
 def build_model(
     config: ModelConfig, n_items: int, item_counts: torch.Tensor | None = None,
-    inputs: ItemInputs | None = None,
+    inputs: TowerInputs | None = None,
 ) -> nn.Module:
     """A fresh model for a catalogue of `n_items` (indices 1..n_items; 0 is padding).
 

@@ -1,6 +1,6 @@
 """Two-tower retrieval: an item tower over text + ID/attribute features, a user tower over history.
 
-Item features are computed outside the model (`ItemInputs`: frozen text-encoder vectors per
+Item features are computed outside the model (`TowerInputs`: frozen text-encoder vectors per
 attribute, padded categorical codes), so the model never sees a dataset. ID and categorical
 features go through one torchrec `EmbeddingBagCollection` per tower. Each item feature becomes a
 `dim` vector; feature masking (SSL) zeroes whole features before the tower's MLP. Both towers
@@ -20,23 +20,16 @@ from recsys.config import TwoTowerConfig
 
 
 @dataclass(frozen=True)
-class ItemInputs:
-    """Model-ready item features for the catalogue; row 0 of every tensor is the padding item."""
+class TowerInputs:
+    """Model-ready features: items (row 0 = the padding item) and users (row = user row)."""
 
     text: torch.Tensor  # (n_items + 1, n_text, text_dim) frozen encoder vectors, 0 when absent
     categorical: tuple[torch.Tensor, ...]  # per attribute (n_items + 1, max_values), -1 = none
     vocab_sizes: tuple[int, ...]  # per categorical attribute: values (codes 0..size-1)
     id_known: torch.Tensor  # (n_items + 1,) bool: the item has training interactions
     n_users: int  # user rows (the users of the split)
-
-    @classmethod
-    def placeholder(cls, config: TwoTowerConfig, n_items: int, n_users: int, text_dim: int,
-                    vocab_sizes: tuple[int, ...]) -> ItemInputs:
-        """Empty inputs of the right shapes, e.g. to load a checkpoint's weights into."""
-        rows = n_items + 1
-        return cls(torch.zeros(rows, len(config.text), text_dim),
-                   tuple(torch.full((rows, 1), -1) for _ in config.categorical),
-                   vocab_sizes, torch.ones(rows, dtype=torch.bool), n_users)
+    user_categorical: tuple[torch.Tensor, ...] = ()  # per user attribute (n_users, k), -1 = none
+    user_vocab_sizes: tuple[int, ...] = ()
 
 
 def _bags(features: dict[str, torch.Tensor]) -> KeyedJaggedTensor:
@@ -60,7 +53,7 @@ def _mlp(inputs: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
 class ItemTower(nn.Module):
     """Item indices (n,) [+ feature mask (n, F)] -> unit vectors (n, dim)."""
 
-    def __init__(self, config: TwoTowerConfig, n_items: int, inputs: ItemInputs):
+    def __init__(self, config: TwoTowerConfig, n_items: int, inputs: TowerInputs):
         super().__init__()
         self.config = config
         self.feature_names = (("item_id",) if config.item_ids else ()) + config.text \
@@ -108,13 +101,21 @@ class ItemTower(nn.Module):
 
 
 class UserTower(nn.Module):
-    """History item vectors (batch, L, dim) + user rows (batch,) -> unit vectors (batch, dim)."""
+    """History item vectors (batch, L, dim) + user rows (batch,) -> unit vectors (batch, dim).
 
-    def __init__(self, config: TwoTowerConfig, n_users: int):
+    The user's ID and categorical attributes (torchrec bags) join the pooled history.
+    """
+
+    def __init__(self, config: TwoTowerConfig, inputs: TowerInputs):
         super().__init__()
         self.config = config
-        self.ids = (EmbeddingBagCollection(tables=[_table("user_id", n_users, config.dim)])
-                    if config.user_ids else None)
+        for name, codes in zip(config.user_categorical, inputs.user_categorical, strict=True):
+            self.register_buffer(f"codes_{name}", codes, persistent=False)
+        tables = [_table(n, v, config.dim) for n, v in zip(
+            config.user_categorical, inputs.user_vocab_sizes, strict=True)]
+        if config.user_ids:
+            tables.insert(0, _table("user_id", inputs.n_users, config.dim))
+        self.bags = EmbeddingBagCollection(tables=tables) if tables else None
         self.encoder = None
         if config.history == "transformer":
             self.positions = nn.Embedding(config.max_len, config.dim)
@@ -123,8 +124,7 @@ class UserTower(nn.Module):
                                                dropout=config.dropout, batch_first=True,
                                                norm_first=True)
             self.encoder = nn.TransformerEncoder(block, 1, enable_nested_tensor=False)
-        parts = 2 if config.user_ids else 1
-        self.mlp = _mlp(parts * config.dim, config.hidden, config.dim, config.dropout)
+        self.mlp = _mlp((1 + len(tables)) * config.dim, config.hidden, config.dim, config.dropout)
 
     def forward(self, history: torch.Tensor, present: torch.Tensor,
                 users: torch.Tensor | None) -> torch.Tensor:
@@ -138,23 +138,27 @@ class UserTower(nn.Module):
             weights = present.float()[..., None]  # (batch, L, 1)
             pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, dim)
         parts = [pooled]
-        if self.ids is not None:
+        if self.bags is not None:
             if users is None:
-                raise ValueError("this two-tower model has user-ID embeddings: pass `users`")
-            parts.append(self.ids(_bags({"user_id": users[:, None]})).to_dict()["user_id"])
+                raise ValueError("this two-tower model reads user IDs or attributes: pass `users`")
+            codes = {n: getattr(self, f"codes_{n}")[users] for n in self.config.user_categorical}
+            if self.config.user_ids:
+                codes = {"user_id": users[:, None], **codes}
+            by_name = self.bags(_bags(codes)).to_dict()  # name -> (batch, dim)
+            parts += [by_name[name] for name in codes]
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
 class TwoTower(nn.Module):
     """The retrieval model: `score(history, users)` = user vectors @ item vectors.T."""
 
-    def __init__(self, config: TwoTowerConfig, n_items: int, inputs: ItemInputs):
+    def __init__(self, config: TwoTowerConfig, n_items: int, inputs: TowerInputs):
         super().__init__()
         self.config = config
         self.max_len = config.max_len
         self.n_items = n_items
         self.item_tower = ItemTower(config, n_items, inputs)
-        self.user_tower = UserTower(config, inputs.n_users)
+        self.user_tower = UserTower(config, inputs)
 
     def item_vectors(self, items: torch.Tensor | None = None,
                      mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -11,24 +10,24 @@ import pytest
 import torch
 
 from recsys.config import TwoTowerConfig, config_from_dict, config_to_dict
-from recsys.item_inputs import build_item_inputs, categorical_codes
 from recsys.losses import info_nce, sampled_softmax
-from recsys.models.two_tower import ItemInputs, TwoTower
+from recsys.models.two_tower import TowerInputs, TwoTower
 from recsys.runs import load_data, load_run
 from recsys.tasks import TwoTowerTask, _log_inclusion
+from recsys.tower_inputs import build_tower_inputs, categorical_codes
 from recsys.train import fit
 
 N_ITEMS, N_USERS = 6, 4
 
 
-def _inputs(config: TwoTowerConfig, known=None) -> ItemInputs:
+def _inputs(config: TwoTowerConfig, known=None) -> TowerInputs:
     gen = torch.Generator().manual_seed(0)
     text = torch.randn(N_ITEMS + 1, len(config.text), 8, generator=gen)
     genres = torch.tensor([[-1, -1], [0, 1], [1, -1], [2, -1], [0, 2], [-1, -1], [1, 2]])
     known = torch.ones(N_ITEMS + 1, dtype=torch.bool) if known is None else known
     if not config.categorical:
-        return ItemInputs(text, (), (), known, N_USERS)
-    return ItemInputs(text, (genres,), (3,), known, N_USERS)
+        return TowerInputs(text, (), (), known, N_USERS)
+    return TowerInputs(text, (genres,), (3,), known, N_USERS)
 
 
 def _model(**overrides) -> TwoTower:
@@ -169,8 +168,8 @@ def test_missing_attribute_is_a_clear_error(config, tiny_model_dir, tmp_path):
     cfg = _two_tower_config(config, tiny_model_dir, tmp_path, categorical=["brand"])
     dataset, split = load_data(cfg)
     with pytest.raises(ValueError, match="no attribute 'brand'"):
-        build_item_inputs(cfg.model.two_tower, dataset.items, len(split.users),
-                          split.train_item_counts)
+        build_tower_inputs(cfg.model.two_tower, dataset.items, None, split.users.ids,
+                           split.train_item_counts)
 
 
 def test_items_without_text_get_zero_text_vectors(config, tiny_model_dir, tmp_path):
@@ -178,8 +177,8 @@ def test_items_without_text_get_zero_text_vectors(config, tiny_model_dir, tmp_pa
     dataset, split = load_data(cfg)
     items = dataset.items.copy()
     items.loc[2, "title"] = None
-    inputs = build_item_inputs(dataclasses.replace(cfg.model.two_tower), items, len(split.users),
-                               split.train_item_counts)
+    inputs = build_tower_inputs(cfg.model.two_tower, items, None, split.users.ids,
+                                split.train_item_counts)
     assert torch.all(inputs.text[0] == 0) and torch.all(inputs.text[3] == 0)
     assert torch.allclose(inputs.text[1].norm(dim=-1), torch.ones(1))
 
@@ -196,3 +195,21 @@ def test_id_dropout_hides_ids_in_training_only():
     with torch.no_grad():
         model.item_tower.bags.embedding_bags["t_item_id"].weight.add_(1.0)
     torch.testing.assert_close(model.item_vectors(items), hidden)  # training never does
+
+
+def test_user_attributes_are_aligned_to_split_rows_and_change_the_user_vector():
+    config = TwoTowerConfig(dim=8, hidden=16, dropout=0.0, text=(), categorical=(),
+                            user_ids=False, user_categorical=("gender",))
+    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["red kit", "steel drill"]})
+    users = pd.DataFrame({"user_id": ["u2", "u1"], "gender": ["F", "M"]})
+    inputs = build_tower_inputs(config, items, users,
+                                ["u1", "u2", "u3"], np.array([0, 1, 1]))
+    assert inputs.user_categorical[0][:, 0].tolist() == [0, 1, -1]  # u1 M, u2 F, u3 none
+    assert inputs.user_vocab_sizes == (2,)
+    with pytest.raises(ValueError, match="no users.parquet"):
+        build_tower_inputs(config, items, None, ["u1"], np.array([0, 1, 1]))
+    torch.manual_seed(0)
+    model = TwoTower(config, 2, inputs).eval()
+    history = torch.tensor([[1, 2], [1, 2]])
+    u1, u2 = model.user_vectors(history, torch.tensor([0, 1]))
+    assert not torch.allclose(u1, u2)  # same history, different gender

@@ -1,8 +1,9 @@
-"""Item features for the two-tower model, built from the item table of a dataset.
+"""Features for the two-tower model, built from the item (and user) tables of a dataset.
 
 Text attributes go through the frozen text encoder (one vector per attribute, cached by text),
-categorical attributes become padded integer codes for torchrec bags. Row 0 is the padding item,
-row i the item of index i (items.parquet order, as in `Split.items`).
+categorical attributes become padded integer codes for torchrec bags. Item row 0 is the padding
+item, row i the item of index i (items.parquet order, as in `Split.items`); user row r is the
+split's user row r.
 """
 
 from __future__ import annotations
@@ -17,22 +18,36 @@ import torch
 from features.text import clean_text, item_sentences
 from recsys.config import TwoTowerConfig
 from recsys.models.text_encoder import TextEncoder, encode_texts
-from recsys.models.two_tower import ItemInputs
+from recsys.models.two_tower import TowerInputs
 
 log = logging.getLogger(__name__)
 
 
-def build_item_inputs(config: TwoTowerConfig, items: pd.DataFrame, n_users: int,
-                      train_counts: np.ndarray) -> ItemInputs:
-    """`ItemInputs` for every row of `items`; train_counts (n_items + 1,) marks known IDs."""
-    _require_columns(items, config.text + config.categorical)
+def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.DataFrame | None,
+                       user_ids: Sequence[str], train_counts: np.ndarray) -> TowerInputs:
+    """`TowerInputs` for every row of `items` and every id of `user_ids` (the split's order).
+
+    `users` is the optional user table; train_counts (n_items + 1,) marks items with known IDs.
+    """
+    _require_columns(items, config.text + config.categorical, "items.parquet")
     categorical = [categorical_codes(items[c], config.max_values) for c in config.categorical]
-    return ItemInputs(
+    user_categorical = []
+    if config.user_categorical:
+        if users is None:
+            raise ValueError("model.two_tower.user_categorical is set but the dataset has no "
+                             "users.parquet")
+        _require_columns(users, config.user_categorical, "users.parquet")
+        aligned = users.drop_duplicates("user_id").set_index("user_id").reindex(list(user_ids))
+        user_categorical = [categorical_codes(aligned[c], config.max_values)
+                            for c in config.user_categorical]
+    return TowerInputs(
         text=torch.as_tensor(text_vectors(config, items)),
         categorical=tuple(torch.as_tensor(codes) for codes, _ in categorical),
         vocab_sizes=tuple(size for _, size in categorical),
         id_known=torch.as_tensor(train_counts > 0),
-        n_users=n_users,
+        n_users=len(user_ids),
+        user_categorical=tuple(torch.as_tensor(codes[1:]) for codes, _ in user_categorical),
+        user_vocab_sizes=tuple(size for _, size in user_categorical),
     )
 
 
@@ -79,8 +94,9 @@ def _values(value) -> list[str]:
     return list(dict.fromkeys(v for v in cleaned if v))
 
 
-def _require_columns(items: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in dict.fromkeys(columns) if c not in items.columns]
+def _require_columns(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    missing = [c for c in dict.fromkeys(columns) if c not in table.columns]
     if missing:
-        raise ValueError(f"items.parquet has no attribute {missing[0]!r} named in model.two_tower "
-                         f"(attributes: {', '.join(c for c in items.columns if c != 'item_id')})")
+        known = ", ".join(c for c in table.columns if not c.endswith("_id"))
+        raise ValueError(f"{name} has no attribute {missing[0]!r} named in model.two_tower "
+                         f"(attributes: {known})")
