@@ -123,7 +123,8 @@ class UserTower(nn.Module):
             block = nn.TransformerEncoderLayer(config.dim, nhead=1, dim_feedforward=2 * config.dim,
                                                dropout=config.dropout, batch_first=True,
                                                norm_first=True)
-            self.encoder = nn.TransformerEncoder(block, 1, enable_nested_tensor=False)
+            self.encoder = nn.TransformerEncoder(block, config.history_layers,
+                                                 enable_nested_tensor=False)
         self.mlp = _mlp((1 + len(tables)) * config.dim, config.hidden, config.dim, config.dropout)
 
     def forward(self, history: torch.Tensor, present: torch.Tensor,

@@ -213,3 +213,16 @@ def test_user_attributes_are_aligned_to_split_rows_and_change_the_user_vector():
     history = torch.tensor([[1, 2], [1, 2]])
     u1, u2 = model.user_vectors(history, torch.tensor([0, 1]))
     assert not torch.allclose(u1, u2)  # same history, different gender
+
+
+def test_users_with_a_single_interaction_give_no_training_example():
+    from recsys.data.split import leave_one_out
+
+    rows = [("solo", "a", 1), *(("u", item, t) for t, item in enumerate("abcde", start=1))]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    split = leave_one_out(frame, pd.Series(list("abcde")))
+    task = TwoTowerTask(TwoTowerConfig(max_len=4), split, batch_size=8)
+    batches = list(task.batches())
+    assert len(task) == 1 and len(batches) == 1
+    history, users, targets = batches[0]
+    assert users.tolist() == [1, 1] and targets.tolist() == list(split.items.index(["b", "c"]))
