@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from recsys.config import TwoTowerConfig, config_from_dict, config_to_dict
+from recsys.export import export_embeddings
 from recsys.losses import info_nce, sampled_softmax
 from recsys.models.two_tower import TowerInputs, TwoTower
 from recsys.runs import load_data, load_run
 from recsys.tasks import TwoTowerTask, _log_inclusion
 from recsys.tower_inputs import build_tower_inputs, categorical_codes
 from recsys.train import fit
+from serving.store import read_store
 
 N_ITEMS, N_USERS = 6, 4
 
@@ -162,6 +164,10 @@ def test_fit_learns_the_successor_pattern_and_reloads(config, tiny_model_dir, tm
     first = model.score(history, torch.tensor([0]))
     assert torch.equal(first, load_run(result.run_dir / "checkpoint" / "best")[0].score(
         history, torch.tensor([0])))
+    export_embeddings(result.run_dir, tmp_path / "emb")
+    items = read_store(tmp_path / "emb" / "items")
+    assert items.meta["model"] == "two_tower" and items.meta["normalized"] is True
+    np.testing.assert_allclose(items.vectors, model.item_vectors()[1:].detach().numpy(), atol=1e-6)
 
 
 def test_missing_attribute_is_a_clear_error(config, tiny_model_dir, tmp_path):
