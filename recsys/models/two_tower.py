@@ -45,6 +45,30 @@ def _table(name: str, rows: int, dim: int) -> EmbeddingBagConfig:
                               feature_names=[name], pooling=PoolingType.MEAN)
 
 
+class Bags(nn.Module):
+    """An optional ID feature plus categorical attributes, pooled by one torchrec
+    `EmbeddingBagCollection`: rows (n,) -> {name: (n, dim)}, an empty bag pooling to zeros."""
+
+    def __init__(self, dim: int, id_name: str | None, id_rows: int, names: tuple[str, ...],
+                 codes: tuple[torch.Tensor, ...], vocab_sizes: tuple[int, ...]):
+        super().__init__()
+        self.id_name, self.names = id_name, names
+        for name, table in zip(names, codes, strict=True):  # (rows, max_values), -1 = none
+            self.register_buffer(f"codes_{name}", table, persistent=False)
+        tables = [_table(n, v, dim) for n, v in zip(names, vocab_sizes, strict=True)]
+        if id_name is not None:
+            tables.insert(0, _table(id_name, id_rows, dim))
+        self.collection = EmbeddingBagCollection(tables=tables)
+        self.count = len(tables)
+
+    def forward(self, rows: torch.Tensor, ids: torch.Tensor | None = None) -> dict:
+        """rows (n,) index the attribute codes; ids (n,) the ID table (-1 = no ID)."""
+        codes = {n: getattr(self, f"codes_{n}")[rows] for n in self.names}
+        if self.id_name is not None:
+            codes = {self.id_name: ids[:, None], **codes}
+        return self.collection(_bags(codes)).to_dict()
+
+
 def _mlp(inputs: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(dropout),
                          nn.Linear(hidden, out))
@@ -63,13 +87,8 @@ class ItemTower(nn.Module):
                              "categorical)")
         self.register_buffer("text", inputs.text, persistent=False)
         self.register_buffer("id_known", inputs.id_known, persistent=False)
-        for name, codes in zip(config.categorical, inputs.categorical, strict=True):
-            self.register_buffer(f"codes_{name}", codes, persistent=False)
-        tables = [_table(n, v, config.dim) for n, v in zip(config.categorical, inputs.vocab_sizes,
-                                                            strict=True)]
-        if config.item_ids:
-            tables.insert(0, _table("item_id", n_items + 1, config.dim))
-        self.bags = EmbeddingBagCollection(tables=tables) if tables else None
+        self.bags = Bags(config.dim, "item_id" if config.item_ids else None, n_items + 1,
+                         config.categorical, inputs.categorical, inputs.vocab_sizes)
         self.text_proj = nn.ModuleList(nn.Linear(inputs.text.shape[-1], config.dim)
                                        for _ in config.text)
         self.mlp = _mlp(len(self.feature_names) * config.dim, config.hidden, config.dim,
@@ -77,16 +96,10 @@ class ItemTower(nn.Module):
 
     def features(self, items: torch.Tensor) -> torch.Tensor:
         """items (n,) -> one vector per feature (n, F, dim), in `feature_names` order."""
-        by_name = {}
-        if self.bags is not None:
-            codes = {n: getattr(self, f"codes_{n}")[items] for n in self.config.categorical}
-            if self.config.item_ids:  # cold items have no trained ID row: leave their bag empty
-                keep = self.id_known[items]
-                if self.training and self.config.id_dropout > 0:  # learn to do without the ID
-                    keep = keep & (torch.rand(items.shape, device=items.device)
-                                   >= self.config.id_dropout)
-                codes = {"item_id": torch.where(keep, items, -1)[:, None], **codes}
-            by_name = self.bags(_bags(codes)).to_dict()  # name -> (n, dim)
+        keep = self.id_known[items]  # cold items have no trained ID row: their bag stays empty
+        if self.training and self.config.id_dropout > 0:  # learn to do without the ID
+            keep = keep & (torch.rand(items.shape, device=items.device) >= self.config.id_dropout)
+        by_name = self.bags(items, torch.where(keep, items, -1)) if self.bags.count else {}
         for name, proj, text in zip(self.config.text, self.text_proj, self.text[items].unbind(1),
                                     strict=True):
             by_name[name] = proj(text)  # (n, dim); absent text is a zero vector -> the bias only
@@ -109,13 +122,9 @@ class UserTower(nn.Module):
     def __init__(self, config: TwoTowerConfig, inputs: TowerInputs):
         super().__init__()
         self.config = config
-        for name, codes in zip(config.user_categorical, inputs.user_categorical, strict=True):
-            self.register_buffer(f"codes_{name}", codes, persistent=False)
-        tables = [_table(n, v, config.dim) for n, v in zip(
-            config.user_categorical, inputs.user_vocab_sizes, strict=True)]
-        if config.user_ids:
-            tables.insert(0, _table("user_id", inputs.n_users, config.dim))
-        self.bags = EmbeddingBagCollection(tables=tables) if tables else None
+        self.bags = Bags(config.dim, "user_id" if config.user_ids else None, inputs.n_users,
+                         config.user_categorical, inputs.user_categorical,
+                         inputs.user_vocab_sizes)
         self.encoder = None
         if config.history == "transformer":
             self.positions = nn.Embedding(config.max_len, config.dim)
@@ -125,7 +134,8 @@ class UserTower(nn.Module):
                                                norm_first=True)
             self.encoder = nn.TransformerEncoder(block, config.history_layers,
                                                  enable_nested_tensor=False)
-        self.mlp = _mlp((1 + len(tables)) * config.dim, config.hidden, config.dim, config.dropout)
+        self.mlp = _mlp((1 + self.bags.count) * config.dim, config.hidden, config.dim,
+                        config.dropout)
 
     def forward(self, history: torch.Tensor, present: torch.Tensor,
                 users: torch.Tensor | None) -> torch.Tensor:
@@ -139,14 +149,10 @@ class UserTower(nn.Module):
             weights = present.float()[..., None]  # (batch, L, 1)
             pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, dim)
         parts = [pooled]
-        if self.bags is not None:
+        if self.bags.count:
             if users is None:
                 raise ValueError("this two-tower model reads user IDs or attributes: pass `users`")
-            codes = {n: getattr(self, f"codes_{n}")[users] for n in self.config.user_categorical}
-            if self.config.user_ids:
-                codes = {"user_id": users[:, None], **codes}
-            by_name = self.bags(_bags(codes)).to_dict()  # name -> (batch, dim)
-            parts += [by_name[name] for name in codes]
+            parts += list(self.bags(users, users).values())  # (batch, dim) each, in table order
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
@@ -165,7 +171,7 @@ class TwoTower(nn.Module):
                      mask: torch.Tensor | None = None) -> torch.Tensor:
         """(n, dim) for `items` (n,), by default the whole catalogue with row 0 (padding) = 0."""
         if items is None:
-            items = torch.arange(self.n_items + 1, device=self.text_device)
+            items = torch.arange(self.n_items + 1, device=self.item_tower.text.device)
             vectors = self.item_tower(items)
             return torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
         return self.item_tower(items, mask)
@@ -182,7 +188,3 @@ class TwoTower(nn.Module):
     def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """history (batch, L) -> scores (batch, n_items + 1); column 0 (padding) is meaningless."""
         return self.user_vectors(history, users) @ self.item_vectors().T
-
-    @property
-    def text_device(self) -> torch.device:
-        return self.item_tower.text.device

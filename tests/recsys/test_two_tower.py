@@ -85,7 +85,7 @@ def test_cold_items_get_vectors_from_their_features_alone():
     model = TwoTower(config, N_ITEMS, _inputs(config, known)).eval()
     before = model.item_vectors()
     with torch.no_grad():
-        model.item_tower.bags.embedding_bags["t_item_id"].weight.add_(1.0)
+        model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
     after = model.item_vectors()
     torch.testing.assert_close(after[6], before[6])  # no ID row is read for the cold item
     assert not torch.allclose(after[1], before[1])
@@ -194,12 +194,12 @@ def test_id_dropout_hides_ids_in_training_only():
     items = torch.tensor([1, 2, 3])
     eval_vectors = model.item_vectors(items)
     with torch.no_grad():
-        model.item_tower.bags.embedding_bags["t_item_id"].weight.add_(1.0)
+        model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
     assert not torch.allclose(model.item_vectors(items), eval_vectors)  # eval reads the ID
     model.train()
     hidden = model.item_vectors(items)
     with torch.no_grad():
-        model.item_tower.bags.embedding_bags["t_item_id"].weight.add_(1.0)
+        model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
     torch.testing.assert_close(model.item_vectors(items), hidden)  # training never does
 
 
