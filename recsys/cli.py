@@ -58,6 +58,35 @@ def _export(args) -> None:
     print(table(("store", "vectors", "dim", "version dir"), rows))
 
 
+def _index(args) -> None:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing lines
+    from recsys import index as ann
+    from recsys import tracking
+    from recsys.config import TrackingConfig
+    from recsys.report import table
+    from serving.store import read_store
+
+    if not (args.report or args.save):
+        raise ValueError("nothing to do: give --report, --save or both")
+    store = read_store(args.store)
+    specs = args.spec or ["Flat"]
+    if args.save:
+        index = ann.build_index(store.vectors, specs[0], args.metric)
+        print(f"saved {specs[0]} index of {index.ntotal} vectors: "
+              f"{ann.save_index(index, store.path)}")
+    if args.report:
+        queries = ann.sample_rows(store.vectors, args.queries, seed=0)
+        rows = ann.index_report(store.vectors, queries, specs, metric=args.metric,
+                                nprobe=args.nprobe, ef_search=args.ef_search)
+        print(table(list(rows[0]), [list(row.values()) for row in rows]))
+        with tracking.start_run(TrackingConfig(experiment="index-report"), name="index-report"):
+            tracking.log_params({"store": store.path, "metric": args.metric, "nprobe": args.nprobe,
+                                 "ef_search": args.ef_search, "queries": len(queries),
+                                 "specs": dict(enumerate(specs))})
+            for step, row in enumerate(rows):  # step i = specs.i
+                tracking.log_metrics({k: v for k, v in row.items() if k != "spec"}, step=step)
+
+
 def _pipeline(args) -> None:
     from recsys import load_config
     from recsys.pipeline import run_pipeline, summary
@@ -96,6 +125,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="embeddings: item and user vector stores (candidates come with the index)")
     p.add_argument("--out", help="output dir (default: RUN_DIR/embeddings)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("index", help="build, save and measure ANN indexes over an embedding store")
+    p.add_argument("--store", required=True, help="embedding store root or version dir")
+    p.add_argument("--spec", action="append", metavar="FACTORY",
+                   help="faiss index_factory spec, e.g. Flat, IVF256,Flat, HNSW32 (repeatable; "
+                        "default Flat; --save builds the first)")
+    p.add_argument("--metric", default="ip", choices=("ip", "cosine"))
+    p.add_argument("--nprobe", type=int, help="IVF lists searched per query")
+    p.add_argument("--ef-search", type=int, help="HNSW search breadth")
+    p.add_argument("--queries", type=int, default=1000,
+                   help="report: a seeded sample of this many store vectors as queries")
+    p.add_argument("--report", action="store_true",
+                   help="print recall@{10,100} vs exact, queries/s and MB per spec; log to MLflow")
+    p.add_argument("--save", action="store_true", help="write index.faiss into the version dir")
+    p.set_defaults(func=_index)
 
     p = sub.add_parser("pipeline", help="prepare, train, evaluate and summarise")
     p.add_argument("--config", required=True, help="experiment YAML")
