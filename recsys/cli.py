@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:
         print(f"recsys {args.command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -52,6 +52,14 @@ def _export(args) -> None:
     from recsys.export import export_embeddings
     from recsys.report import table
 
+    if args.what == "candidates":
+        from recsys.candidates import export_candidates, read_id_list
+
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing lines
+        users = read_id_list(args.users) if args.users else None
+        summary = export_candidates(args.run, args.out, k=args.k, users=users, overrides=args.set)
+        print(table(("candidates", "value"), list(summary.items())))
+        return
     summary = export_embeddings(args.run, args.out)
     rows = [(name, summary[name], summary["dim"], summary[f"{name}_path"])
             for name in ("items", "users")]
@@ -121,9 +129,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run's artifacts for serving")
     p.add_argument("--run", required=True, help="run dir")
-    p.add_argument("--what", required=True, choices=("embeddings",),
-                   help="embeddings: item and user vector stores (candidates come with the index)")
-    p.add_argument("--out", help="output dir (default: RUN_DIR/embeddings)")
+    p.add_argument("--what", required=True, choices=("embeddings", "candidates"),
+                   help="embeddings: item and user vector stores; candidates: top-K items per "
+                        "user as parquet parts + _manifest.json (resumable; runs under torchrun)")
+    p.add_argument("--out", help="output dir (default: RUN_DIR/embeddings or RUN_DIR/candidates)")
+    p.add_argument("--k", type=int, help="candidates: items per user (default: export.k)")
+    p.add_argument("--users", metavar="FILE",
+                   help="candidates: raw user ids, one a line (default: every user)")
+    p.add_argument("--set", action="append", default=[], metavar="export.KEY=VALUE",
+                   help="candidates: override an export setting, e.g. export.part_users=50000")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("index", help="build, save and measure ANN indexes over an embedding store")

@@ -128,12 +128,27 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    k: int = 100  # candidates kept per user (recsys export --what candidates)
+    part_users: int = 10_000  # users per parquet part: the unit of resume and of torchrun shards
+    batch_users: int = 1024  # users whose vectors are computed and searched at once
+    index: str = "Flat"  # faiss index_factory spec over the item vectors (Flat, IVF256,Flat ...)
+    metric: Literal["ip", "cosine"] = "ip"  # candidate score: inner product or cosine
+    nprobe: int | None = None  # IVF lists searched per query; None = faiss default
+    ef_search: int | None = None  # HNSW search breadth; None = faiss default
+    allow_items: str | None = None  # text file of raw item ids, one a line: only these offered
+    deny_items: str | None = None  # text file of raw item ids, one a line: never offered
+    out: str | None = None  # candidates dir; None = <run dir>/candidates
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

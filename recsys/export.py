@@ -73,10 +73,17 @@ def user_vectors(model: nn.Module, split: Split, batch_size: int = 1024) -> np.n
     parts = []
     for start in tqdm(range(0, len(histories), batch_size), desc="user vectors", unit="batch"):
         batch = histories[start : start + batch_size]
-        inputs = torch.as_tensor(pad_left(batch, model.max_len))  # (batch, L)
-        rows = torch.arange(start, start + len(batch))  # (batch,) user row numbers
-        parts.append(model.user_vectors(inputs, rows).float().cpu().numpy())  # (batch, dim)
+        parts.append(batch_user_vectors(model, batch, np.arange(start, start + len(batch))))
     return np.concatenate(parts)
+
+
+@torch.inference_mode()
+def batch_user_vectors(model: nn.Module, histories: list[np.ndarray],
+                       rows: np.ndarray) -> np.ndarray:
+    """(B, dim) float32 vectors of B users from their histories; rows (B,) are split rows."""
+    device = next(model.parameters()).device
+    inputs = torch.as_tensor(pad_left(histories, model.max_len), device=device)  # (B, L)
+    return model.user_vectors(inputs, torch.as_tensor(rows, device=device)).float().cpu().numpy()
 
 
 def _unit_norm(vectors: np.ndarray, tol: float = 1e-3) -> bool:

@@ -73,9 +73,3 @@ def test_popularity_has_no_embeddings_to_export(config, capsys):
     assert not (run / "embeddings").exists()
     assert main(["export", "--run", str(run), "--what", "embeddings"]) == 2
     assert "no embeddings to export" in capsys.readouterr().err
-
-
-def test_candidates_are_not_offered_yet(capsys):
-    with pytest.raises(SystemExit):
-        main(["export", "--run", "x", "--what", "candidates"])
-    assert "invalid choice" in capsys.readouterr().err
