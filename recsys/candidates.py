@@ -8,6 +8,8 @@ cut into fixed parts of `export.part_users`; each part is one `part-NNNNN.parque
 being exported) comes first, `_manifest.json` (parts, rows, sha256) last. Rerunning the same job
 skips the parts already there, so a killed export ends byte-identical to an uninterrupted one.
 Under torchrun, rank r writes the parts i with i % world == r and rank 0 writes the manifest.
+`build_catalogue`, `candidates_table` and `write_part` are the job's work on vectors, public
+so that benchmarks/export.py times this code and not a copy.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,10 +199,20 @@ def _claim(out: Path, job: dict[str, Any]) -> str | Exception:
 
 
 @dataclass(frozen=True)
-class _Catalogue:
+class Catalogue:
+    """The items a search may offer: the faiss index over their vectors and its row -> item."""
+
     index: Any  # faiss index over the offered items' vectors
     items: np.ndarray  # (m,) item index of each index row
     offered: np.ndarray  # (n_items + 1,) bool: the item is in the index
+
+
+def build_catalogue(vectors: np.ndarray, items: np.ndarray, cfg: ExportConfig) -> Catalogue:
+    """Index the offered `items` (m,) (1-based item indices) of `vectors` (n_items, dim), where
+    row i is item index i + 1, with `cfg.index` and `cfg.metric`."""
+    offered = np.zeros(len(vectors) + 1, dtype=bool)
+    offered[items] = True
+    return Catalogue(ann.build_index(vectors[items - 1], cfg.index, cfg.metric), items, offered)
 
 
 def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, items: np.ndarray,
@@ -209,11 +221,9 @@ def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, items: np.nda
     """Write this rank's missing parts; return what it did."""
     with torch.inference_mode():
         vectors = model.item_vectors()[1:].float().cpu().numpy()  # (n_items, dim)
-    offered = np.zeros(split.n_items + 1, dtype=bool)
-    offered[items] = True
-    catalogue = _Catalogue(ann.build_index(vectors[items - 1], cfg.index, cfg.metric), items,
-                           offered)
+    catalogue = build_catalogue(vectors, items, cfg)
     histories = full_histories(split)
+    item_ids = pa.array(split.items.ids, pa.string())  # (n_items,) converted once, taken per row
     mine = [i for i in range(len(parts)) if i % worker.world == worker.rank]
     delay = float(os.environ.get(PART_DELAY_ENV, "0"))
     done = {"parts_written": 0, "parts_skipped": 0, "users_searched": 0}
@@ -226,8 +236,8 @@ def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, items: np.nda
             done["parts_skipped"] += 1
             bar.update(len(part))
             continue
-        table = _part_table(model, split, histories, part, catalogue, cfg, bar)
-        _write_part(path, table, job["job"])
+        table = _part_table(model, split, item_ids, histories, part, catalogue, cfg, bar)
+        write_part(path, table, job["job"])
         done["parts_written"] += 1
         done["users_searched"] += len(part)
         time.sleep(delay)
@@ -237,56 +247,104 @@ def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, items: np.nda
             "users_per_s": round(done["users_searched"] / max(seconds, 1e-9), 1)}
 
 
-def _part_table(model: nn.Module, split: Split, histories: list[np.ndarray], part: np.ndarray,
-                catalogue: _Catalogue, cfg: ExportConfig, bar: tqdm) -> pa.Table:
+def _part_table(model: nn.Module, split: Split, item_ids: pa.Array, histories: list[np.ndarray],
+                part: np.ndarray, catalogue: Catalogue, cfg: ExportConfig, bar: tqdm) -> pa.Table:
     """The candidate rows of the users `part` (user rows), in user order, rank 1..K each."""
-    tables, short = [], 0
-    for start in range(0, len(part), cfg.batch_users):
-        batch = part[start:start + cfg.batch_users]  # (B,) user rows
-        seen = [histories[r] for r in batch]
-        found, scores = _top_unseen(batch_user_vectors(model, seen, batch), seen, catalogue, cfg)
+
+    def batches():  # the model forward happens here, one batch at a time
+        for start in range(0, len(part), cfg.batch_users):
+            batch = part[start:start + cfg.batch_users]  # (B,) user rows
+            seen = [histories[r] for r in batch]
+            yield batch_user_vectors(model, seen, batch), seen, split.users.ids[batch]
+
+    return candidates_table(batches(), item_ids, catalogue, cfg, bar)
+
+
+def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
+                     item_ids: np.ndarray | pa.Array, catalogue: Catalogue, cfg: ExportConfig,
+                     bar: tqdm | None = None) -> pa.Table:
+    """One part's candidate rows (user_id, rank 1..K, item_id, score, stage), in user order.
+
+    `batches` yields, per batch of B users: their vectors (B, dim), their seen item indices
+    (B arrays) and their raw ids (B,); `item_ids` (n_items,) are the raw ids of item indices
+    1..n_items (a pyarrow string array saves converting them on every call). The export's work
+    after the model: search, drop the seen, build the table.
+    """
+    if not isinstance(item_ids, pa.Array):
+        item_ids = pa.array(item_ids, pa.string())
+    tables, short, users = [], 0, 0
+    for queries, seen, ids in batches:
+        found, scores = top_unseen(queries, seen, catalogue, cfg)
         keep = found != PAD  # (B, K)
         short += int((keep.sum(axis=1) < cfg.k).sum())
         user, col = np.nonzero(keep)  # row-major: users in order, best first
         tables.append(pa.table({
-            "user_id": pa.array(split.users.ids[batch[user]], pa.string()),
+            "user_id": pa.array(ids, pa.string()).take(user),
             "rank": pa.array(col + 1, pa.int32()),
-            "item_id": pa.array(split.items.ids[found[keep] - 1], pa.string()),
+            "item_id": item_ids.take(found[keep] - 1),
             "score": pa.array(scores[keep], pa.float32()),
-            "stage": pa.array(np.full(len(user), STAGE, dtype=object), pa.string()),
+            "stage": pa.repeat(pa.scalar(STAGE, pa.string()), len(user)),
         }, schema=SCHEMA))
-        bar.update(len(batch))
+        users += len(queries)
+        if bar is not None:
+            bar.update(len(queries))
     return pa.concat_tables(tables).replace_schema_metadata(
-        {"recsys.short_users": str(short), "recsys.users": str(len(part))})
+        {"recsys.short_users": str(short), "recsys.users": str(users)})
 
 
-def _top_unseen(queries: np.ndarray, histories: list[np.ndarray], catalogue: _Catalogue,
-                cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray]:
+def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: Catalogue,
+               cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray]:
     """Top-K unseen items per query (B, dim): item indices (B, K), PAD where fewer, scores (B, K).
 
-    Over-fetches K + (the batch's largest count of seen items the index holds), so K unseen
-    remain for everyone unless the catalogue runs out.
+    A user's K unseen are among the first K + (their count of seen items the index holds)
+    results. One search fetches what 90% of the batch need; the users it leaves short of K who
+    need more are searched again, fetching what the most of them need. So the few long histories
+    do not make every user's search wide. With Flat, IVF and PQ indexes (the top n results are
+    the start of the top n' > n) that is the result of one search as wide as the largest need;
+    HNSW searches at least `fetch` wide, so there a second search may find slightly different.
     """
     width = len(catalogue.offered)  # pair key = batch position * width + item index
     seen = np.unique(np.concatenate([b * width + h for b, h in enumerate(histories)]))  # (S,)
     seen_offered = np.bincount(seen // width, weights=catalogue.offered[seen % width],
                                minlength=len(queries))  # (B,)
-    fetch = min(len(catalogue.items), cfg.k + int(seen_offered.max()))
-    scores, rows = ann.search(catalogue.index, queries, fetch, nprobe=cfg.nprobe,
-                              ef_search=cfg.ef_search, metric=cfg.metric)  # (B, fetch) each
-    found = np.where(rows >= 0, catalogue.items[rows], PAD)  # (B, fetch) item indices
-    ok = (found != PAD) & ~np.isin(np.arange(len(queries))[:, None] * width + found, seen)
-    rank = np.cumsum(ok, axis=1)  # (B, fetch) 1-based rank among the kept
-    ok &= rank <= cfg.k
-    user, _ = np.nonzero(ok)
+    need = np.minimum(cfg.k + seen_offered.astype(np.int64), len(catalogue.items))  # (B,)
     top_items = np.full((len(queries), cfg.k), PAD, dtype=np.int64)  # (B, K)
     top_scores = np.zeros((len(queries), cfg.k), dtype=np.float32)  # (B, K)
-    top_items[user, rank[ok] - 1] = found[ok]
-    top_scores[user, rank[ok] - 1] = scores[ok]
+    users = np.arange(len(queries))  # (n,) batch positions still to search
+    fetch = int(np.quantile(need, 0.9, method="higher"))
+    while len(users):
+        asked = queries if len(users) == len(queries) else queries[users]  # (n, dim)
+        scores, rows = ann.search(catalogue.index, asked, fetch, nprobe=cfg.nprobe,
+                                  ef_search=cfg.ef_search, metric=cfg.metric)  # (n, fetch)
+        kept = _keep_unseen(users, scores, rows, seen, width, catalogue, cfg.k,
+                            top_items, top_scores)  # (n,)
+        users = users[(kept < cfg.k) & (need[users] > fetch)]
+        fetch = int(need[users].max()) if len(users) else 0
     return top_items, top_scores
 
 
-def _write_part(path: Path, table: pa.Table, job: str) -> None:
+def _keep_unseen(users: np.ndarray, scores: np.ndarray, rows: np.ndarray, seen: np.ndarray,
+                 width: int, catalogue: Catalogue, k: int, top_items: np.ndarray,
+                 top_scores: np.ndarray) -> np.ndarray:
+    """Write the best k unseen of the search results (n, fetch) of batch positions `users` (n,)
+    into their rows of `top_items` / `top_scores` (B, k); return how many each kept (n,)."""
+    found = np.where(rows >= 0, catalogue.items[rows], PAD)  # (n, fetch) item indices
+    ok = found != PAD  # (n, fetch)
+    if len(seen):  # drop the seen: look each pair up in `seen`, which np.unique sorted
+        pairs = users[:, None] * width + found  # (n, fetch)
+        ok &= seen[np.minimum(np.searchsorted(seen, pairs), len(seen) - 1)] != pairs
+    rank = np.cumsum(ok, axis=1)  # (n, fetch) 1-based rank among the kept
+    ok &= rank <= k
+    user, _ = np.nonzero(ok)
+    items = np.full((len(users), k), PAD, dtype=np.int64)  # (n, k)
+    best = np.zeros((len(users), k), dtype=np.float32)  # (n, k)
+    items[user, rank[ok] - 1] = found[ok]
+    best[user, rank[ok] - 1] = scores[ok]
+    top_items[users], top_scores[users] = items, best
+    return ok.sum(axis=1)
+
+
+def write_part(path: Path, table: pa.Table, job: str) -> None:
     """Write one part atomically; a failed write leaves no file and says how to go on."""
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     try:
