@@ -22,6 +22,7 @@ those of the first approximate spec (Flat when there is none); `ratio_min` is ov
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -35,9 +36,14 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/synthetic.py
-
-from synthetic import synthetic_catalogue  # noqa: E402
+# benchmarks/ holds serving.py, which would hide the serving package that recsys imports: take
+# the folder off the path and load synthetic.py from its file
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_spec = importlib.util.spec_from_file_location("synthetic", HERE / "synthetic.py")
+synthetic = sys.modules["synthetic"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(synthetic)
+synthetic_catalogue = synthetic.synthetic_catalogue
 
 from recsys import index as ann  # noqa: E402
 from recsys.candidates import build_catalogue, candidates_table, write_part  # noqa: E402
@@ -172,13 +178,15 @@ def main(argv: list[str] | None = None) -> dict:
     cases = [child(args, spec, args.users, args.recall_users) for spec in args.specs]
     approximate = [c for c in cases if c["spec"] != "Flat"]
     main_case = (approximate or cases)[0]
-    sweep = [child(args, main_case["spec"], n, 0) for n in args.users_sweep]
+    sweep = [main_case if n == args.users else child(args, main_case["spec"], n, 0)
+             for n in args.users_sweep]
     k = args.k
     print(table(("spec", "items", "users", "dim", "users/s ours", "users/s faiss", "ratio",
-                 "peak RSS MB", f"recall@{k}", "index MB", "build s"),
+                 "peak RSS MB", f"recall@{k}", "index MB", "build s", "parts MB"),
                 [(c["spec"], c["items"], c["users"], c["dim"], f"{c['users_per_s']:.0f}",
                   f"{c['faiss_users_per_s']:.0f}", f"{c['ratio']:.3f}", f"{c['peak_rss_mb']:.0f}",
-                  c.get("recall@k_vs_exact"), f"{c['index_mb']:.1f}", f"{c['build_s']:.1f}")
+                  c.get("recall@k_vs_exact"), f"{c['index_mb']:.1f}", f"{c['build_s']:.1f}",
+                  f"{c['part_mb']:.1f}")
                  for c in cases]))
     if sweep:
         print(f"\npeak RSS as users grow ({main_case['spec']}, fresh process per size):")
@@ -204,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         for key in ("users_per_s", "faiss_users_per_s", "ratio", "peak_rss_mb"):
             result[f"{key}:{c['spec']}"] = c[key]
         result[f"recall@{k}_vs_exact:{c['spec']}"] = c.get("recall@k_vs_exact")
+        result[f"part_mb:{c['spec']}"] = c["part_mb"]
     for c in sweep:
         result[f"peak_rss_mb:users={c['users']}"] = c["peak_rss_mb"]
     print(json.dumps(result))

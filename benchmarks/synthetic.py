@@ -5,7 +5,7 @@
     users = cat.users(0, 10_000)     # vectors (B, dim), CSR histories, raw ids of users 0..9999
     cat.attributes()                 # DataFrame: item_id, title, brand, category, price
 
-Items fall into ~sqrt(n_items) clusters (so an ANN index has structure to find); a user sits near
+Items fall into clusters of ~100 (so an ANN index has structure to find); a user sits near
 a home cluster and a second one. Item popularity is a power law (Zipf, exponent 1) over a random
 order of the items; a history has a log-normal length (mean ~20, long tail) and draws half its
 items from the global popularity and half from the popular items of the home cluster, so seen
@@ -27,6 +27,8 @@ USER_BLOCK = 4096  # users made together from one seed
 _CHUNK = 65_536  # item rows made at once, to bound temporaries
 ZIPF_EXPONENT = 1.0
 HISTORY_MEAN, HISTORY_SIGMA = 20.0, 1.0  # log-normal lengths: mean ~20, median ~12
+ITEM_NOISE, USER_NOISE = 1.0, 0.5  # spread around the cluster centres (unit vectors)
+CLUSTER_ITEMS = 100  # items per cluster, on average
 _ADJECTIVES = ("compact", "digital", "heavy-duty", "precision", "portable", "sterile", "premium",
                "adjustable", "stainless", "wireless", "industrial", "mini", "professional",
                "reusable", "clear", "high-temp", "lab-grade", "ergonomic", "magnetic", "analog")
@@ -108,7 +110,7 @@ class SyntheticCatalogue:
         home = rng.integers(self.n_clusters, size=n)
         other = rng.integers(self.n_clusters, size=n)
         noise = rng.standard_normal((n, self.dim), dtype=np.float32) / np.sqrt(self.dim)
-        vectors = 0.8 * self.centers[home] + 0.4 * self.centers[other] + 0.3 * noise
+        vectors = 0.8 * self.centers[home] + 0.4 * self.centers[other] + USER_NOISE * noise
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         mu = np.log(HISTORY_MEAN) - HISTORY_SIGMA**2 / 2
         cap = max(1, min(1000, self.n_items // 4))
@@ -161,7 +163,7 @@ def synthetic_catalogue(n_items: int, n_users: int, dim: int = 64,
         raise ValueError(f"need n_items >= 1, n_users >= 0, dim >= 1; got {n_items}, "
                          f"{n_users}, {dim}")
     rng = np.random.default_rng([seed, 0])
-    n_clusters = max(8, int(np.sqrt(n_items)))
+    n_clusters = max(8, n_items // CLUSTER_ITEMS)
     centers = rng.standard_normal((n_clusters, dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     item_cluster = rng.integers(n_clusters, size=n_items).astype(np.int32)
@@ -169,7 +171,7 @@ def synthetic_catalogue(n_items: int, n_users: int, dim: int = 64,
     for start in range(0, n_items, _CHUNK):
         part = item_cluster[start:start + _CHUNK]
         noise = rng.standard_normal((len(part), dim), dtype=np.float32) / np.float32(np.sqrt(dim))
-        rows = centers[part] + np.float32(0.6) * noise
+        rows = centers[part] + np.float32(ITEM_NOISE) * noise
         vectors[start:start + len(part)] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     popular = rng.permutation(n_items)  # popularity rank r -> item row
     rank = np.empty(n_items, dtype=np.int64)

@@ -304,7 +304,11 @@ def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: 
     HNSW searches at least `fetch` wide, so there a second search may find slightly different.
     """
     width = len(catalogue.offered)  # pair key = batch position * width + item index
-    seen = np.unique(np.concatenate([b * width + h for b, h in enumerate(histories)]))  # (S,)
+    lengths = np.fromiter(map(len, histories), np.int64, len(histories))  # (B,)
+    seen = np.unique(np.repeat(np.arange(len(histories)) * width, lengths)
+                     + np.concatenate(histories))  # (S,) sorted pair keys
+    hot = np.zeros(width, dtype=bool)  # (n_items + 1,) seen by someone in the batch
+    hot[seen % width] = True
     seen_offered = np.bincount(seen // width, weights=catalogue.offered[seen % width],
                                minlength=len(queries))  # (B,)
     need = np.minimum(cfg.k + seen_offered.astype(np.int64), len(catalogue.items))  # (B,)
@@ -316,7 +320,7 @@ def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: 
         asked = queries if len(users) == len(queries) else queries[users]  # (n, dim)
         scores, rows = ann.search(catalogue.index, asked, fetch, nprobe=cfg.nprobe,
                                   ef_search=cfg.ef_search, metric=cfg.metric)  # (n, fetch)
-        kept = _keep_unseen(users, scores, rows, seen, width, catalogue, cfg.k,
+        kept = _keep_unseen(users, scores, rows, seen, hot, catalogue, cfg.k,
                             top_items, top_scores)  # (n,)
         users = users[(kept < cfg.k) & (need[users] > fetch)]
         fetch = int(need[users].max()) if len(users) else 0
@@ -324,15 +328,17 @@ def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: 
 
 
 def _keep_unseen(users: np.ndarray, scores: np.ndarray, rows: np.ndarray, seen: np.ndarray,
-                 width: int, catalogue: Catalogue, k: int, top_items: np.ndarray,
+                 hot: np.ndarray, catalogue: Catalogue, k: int, top_items: np.ndarray,
                  top_scores: np.ndarray) -> np.ndarray:
     """Write the best k unseen of the search results (n, fetch) of batch positions `users` (n,)
-    into their rows of `top_items` / `top_scores` (B, k); return how many each kept (n,)."""
+    into their rows of `top_items` / `top_scores` (B, k); return how many each kept (n,).
+    `seen` (S,) are the batch's sorted (position, item) pair keys, `hot` its seen items."""
     found = np.where(rows >= 0, catalogue.items[rows], PAD)  # (n, fetch) item indices
     ok = found != PAD  # (n, fetch)
-    if len(seen):  # drop the seen: look each pair up in `seen`, which np.unique sorted
-        pairs = users[:, None] * width + found  # (n, fetch)
-        ok &= seen[np.minimum(np.searchsorted(seen, pairs), len(seen) - 1)] != pairs
+    user, col = np.nonzero(hot[found])  # results that someone in the batch has seen
+    if len(user):  # drop the user's own seen: look each pair up in `seen`
+        pairs = users[user] * len(hot) + found[user, col]
+        ok[user, col] &= seen[np.minimum(np.searchsorted(seen, pairs), len(seen) - 1)] != pairs
     rank = np.cumsum(ok, axis=1)  # (n, fetch) 1-based rank among the kept
     ok &= rank <= k
     user, _ = np.nonzero(ok)
