@@ -95,6 +95,13 @@ def _index(args) -> None:
                 tracking.log_metrics({k: v for k, v in row.items() if k != "spec"}, step=step)
 
 
+def _serve(args) -> None:
+    from serving.app import serve
+
+    serve(args.store, host=args.host, port=args.port, candidates_dir=args.candidates,
+          refresh_seconds=args.refresh_seconds)
+
+
 def _pipeline(args) -> None:
     from recsys import load_config
     from recsys.pipeline import run_pipeline, summary
@@ -154,6 +161,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="print recall@{10,100} vs exact, queries/s and MB per spec; log to MLflow")
     p.add_argument("--save", action="store_true", help="write index.faiss into the version dir")
     p.set_defaults(func=_index)
+
+    p = sub.add_parser("serve", help="serve an embedding store (and candidates) over HTTP")
+    p.add_argument("--store", required=True, help="embedding store root (follows CURRENT) or "
+                                                  "one version dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--candidates", metavar="DIR", help="exported candidates dir for "
+                                                       "GET /candidates/{user_id}")
+    p.add_argument("--refresh-seconds", type=float, metavar="N",
+                   help="move to a new CURRENT version every N seconds (SIGHUP always does)")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("pipeline", help="prepare, train, evaluate and summarise")
     p.add_argument("--config", required=True, help="experiment YAML")

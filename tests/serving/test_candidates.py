@@ -1,0 +1,62 @@
+"""CandidateLookup: exported candidates by user, read row group by row group."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from serving.candidates import CandidateLookup
+from serving.store import StoreError
+
+
+def _expected(user, k):
+    return [{"rank": r, "item_id": f"{user}-r{r}", "score": pytest.approx(1.0 / r),
+             "stage": "retrieval"} for r in range(1, k + 1)]
+
+
+def test_every_user_gets_its_rows_best_first_across_row_groups_and_parts(make_candidates):
+    lookup = CandidateLookup(make_candidates(users=7, k=5, part_users=3, row_group_size=4),
+                             verify=True)
+    for u in range(7):  # 5 rows a user over row groups of 4: most users span two groups
+        assert lookup.get(f"u{u}") == _expected(f"u{u}", 5)
+    assert lookup.get("u4", k=2) == _expected("u4", 2)
+    assert lookup.get("u4", k=99) == _expected("u4", 5)
+    assert lookup.meta == {"path": str(lookup.path), "run_id": "run1", "users": 7, "rows": 35,
+                           "parts": 3, "k": 5}
+    assert "u6" in lookup and "u7" not in lookup
+
+
+def test_unknown_user_and_bad_k(make_candidates):
+    lookup = CandidateLookup(make_candidates())
+    with pytest.raises(KeyError, match="'nobody'"):
+        lookup.get("nobody")
+    for k in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="k must be"):
+            lookup.get("u1", k=k)
+
+
+def test_an_unfinished_or_damaged_export_is_refused(make_candidates, tmp_path):
+    out = make_candidates()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    (out / "_manifest.json").unlink()
+    with pytest.raises(StoreError, match="not a finished candidates export"):
+        CandidateLookup(out)
+    manifest["parts"][1]["rows"] = 3
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="holds 15 rows, the manifest says 3"):
+        CandidateLookup(out)
+    manifest["parts"][1]["rows"] = 15
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    (out / "part-00000.parquet").write_bytes(b"garbage")
+    with pytest.raises(StoreError, match="part-00000"):
+        CandidateLookup(out)
+
+
+def test_a_user_in_two_places_is_refused(make_candidates):
+    out = make_candidates(users=4, part_users=2)
+    table = pq.read_table(out / "part-00001.parquet")
+    users = pa.array(["u0"] * table.num_rows)
+    pq.write_table(table.set_column(0, "user_id", users), out / "part-00001.parquet")
+    with pytest.raises(StoreError, match="'u0' appears twice"):
+        CandidateLookup(out)

@@ -1,0 +1,137 @@
+"""Versions and hot swap: refresh() while threads read; every answer comes from one version."""
+
+import gc
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import EmbeddingStore, StoreError
+from serving.store import write_store
+
+IDS = [f"i{i}" for i in range(50)]
+
+
+def _version(root, value, **kw):
+    """A version whose every vector component is `value`, so a mixed answer shows."""
+    return write_store(root, IDS, np.full((len(IDS), 16), value, dtype=np.float32), model="m",
+                       run_id=f"run{value}", normalized=False, **kw)
+
+
+def test_refresh_moves_to_the_new_current_and_reports_whether_it_changed(tmp_path):
+    _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    assert store.refresh() is False and store.version == "a"
+    _version(tmp_path, 2.0, version="b")
+    assert store.version == "a"  # nothing moves until refresh
+    assert store.refresh() is True and store.version == "b"
+    assert store.get(["i0"])[0][0, 0] == 2.0 and store.meta["run_id"] == "run2.0"
+
+
+def test_every_answer_is_wholly_from_one_version_while_versions_swap(tmp_path):
+    """Readers hammer get and nearest while a writer publishes versions 1.0, 2.0, 3.0 ... and
+    refreshes; a row or an answer mixing two versions fails."""
+    _version(tmp_path, 1.0, version="v1")
+    store = EmbeddingStore(tmp_path, verify=False)
+    stop, errors, answers, seen = threading.Event(), [], [0], set()
+
+    def read():
+        rng = np.random.default_rng(threading.get_ident() % 2**32)
+        while not stop.is_set():
+            try:
+                ids = [IDS[i] for i in rng.integers(0, len(IDS), 64)]
+                vectors, found = store.get(ids)
+                values = np.unique(vectors)
+                assert found.all() and len(values) == 1, f"mixed versions {values}"
+                hits = store.nearest(np.ones(16, np.float32), k=5)
+                assert np.unique(hits.scores).size == 1, f"mixed scores {hits.scores}"
+                assert hits.scores[0] == 16 * float(hits.version[1:])  # matches its version
+                seen.add(float(values[0]))
+                answers[0] += 1
+            except Exception as err:  # noqa: BLE001 - reported by the main thread
+                errors.append(err)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    swaps = 0
+    deadline = time.monotonic() + 60  # counts, not time, end the loop: a busy CI box is slow
+    while (swaps < 10 or answers[0] < 50) and time.monotonic() < deadline and not errors:
+        swaps += 1
+        _version(tmp_path, float(swaps + 1), version=f"v{swaps + 1}")
+        assert store.refresh() is True
+        time.sleep(0.01)
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors[0]
+    assert swaps >= 10 and answers[0] >= 50 and len(seen) >= 3, (swaps, answers, seen)
+    print(f"hot swap: {swaps} swaps, {answers[0]} answers, {len(seen)} versions seen")
+
+
+def _mapped(path: Path) -> bool:
+    return str(path) in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_the_old_memory_map_is_released_after_a_swap(tmp_path):
+    old = _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    held = store.snapshot()  # a call still in flight on the old version
+    _version(tmp_path, 2.0, version="b")
+    store.refresh()
+    gc.collect()
+    assert _mapped(old / "vectors.npy")  # still used by `held`
+    assert held.get(["i1"])[0][0, 0] == 1.0
+    del held
+    gc.collect()
+    assert not _mapped(old / "vectors.npy")
+    assert _mapped(tmp_path / "b" / "vectors.npy")
+
+
+def test_a_missing_current_keeps_the_old_version_serving(tmp_path):
+    _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    (tmp_path / "CURRENT").unlink()
+    with pytest.raises(StoreError, match="CURRENT"):
+        store.refresh()
+    assert store.version == "a" and store.get(["i0"])[0][0, 0] == 1.0
+    (tmp_path / "CURRENT").write_text("nowhere\n")
+    with pytest.raises(StoreError, match="'nowhere'"):
+        store.refresh()
+    with pytest.raises(StoreError, match="no CURRENT"):
+        shutil.rmtree(tmp_path / "a")
+        (tmp_path / "CURRENT").unlink()
+        EmbeddingStore(tmp_path)
+
+
+def test_a_broken_new_version_is_refused_and_the_old_one_kept(tmp_path):
+    _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    new = _version(tmp_path, 2.0, version="b")
+    raw = bytearray((new / "vectors.npy").read_bytes())
+    raw[-1] ^= 0xFF
+    (new / "vectors.npy").write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="sha256"):
+        store.refresh()
+    assert store.version == "a" and store.get(["i0"])[0][0, 0] == 1.0
+
+
+def test_a_version_dir_replaced_mid_read_keeps_serving_the_old_data(tmp_path):
+    """The files are deleted and a new version of the same name written: the open memory map
+    still holds the old inode; refresh notices the new checksums and moves on."""
+    _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    shutil.rmtree(tmp_path / "a")
+    assert store.get(["i3"])[0][0, 0] == 1.0
+    assert store.nearest("i3", k=2).scores[0] == 16.0
+    with pytest.raises(StoreError, match="'a'"):
+        store.refresh()  # CURRENT names a dir that is gone for now
+    _version(tmp_path / "tmp", 2.0, version="a")
+    (tmp_path / "tmp" / "a").rename(tmp_path / "a")
+    assert store.refresh() is True
+    assert store.get(["i3"])[0][0, 0] == 2.0

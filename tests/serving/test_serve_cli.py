@@ -1,0 +1,99 @@
+"""`recsys serve`: the real command in a subprocess; SIGHUP moves it to a new version."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from recsys.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url, version=None, timeout=30.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc is None or proc.poll() is None, proc.stderr.read()
+        try:
+            body = httpx.get(f"{url}/health", timeout=2).json()
+            if version is None or body["version"] == version:
+                return body
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer with version {version} in {timeout}s")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
+def test_serve_binds_loopback_answers_and_reloads_on_sighup(make_store, make_candidates,
+                                                            tmp_path):
+    make_store(version="v1")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "serve", "--store", str(tmp_path / "store"),
+         "--port", str(port), "--candidates", str(make_candidates())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_for(url, "v1", proc=proc)["status"] == "ok"
+        got = httpx.post(f"{url}/embeddings", json={"ids": ["i0", "nope"]}).json()
+        assert got["found"] == [True, False]
+        assert httpx.get(f"{url}/candidates/u1").json()["candidates"][0]["item_id"] == "u1-r1"
+        make_store(vectors=np.full((20, 8), 2.0, np.float32), version="v2")
+        time.sleep(0.5)
+        assert _wait_for(url)["version"] == "v1"  # no timer: nothing moves by itself
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(url, "v2", timeout=10, proc=proc)
+        assert httpx.post(f"{url}/embeddings", json={"ids": ["i0"]}).json()["vectors"] == \
+            [[2.0] * 8]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+    log = proc.stderr.read()
+    assert "serving store" in log and "now serving version v2" in log, log
+    assert "127.0.0.1" in log and "Traceback" not in log
+    assert proc.returncode == 0, log  # Ctrl-C is a clean stop
+
+
+def test_serve_refreshes_on_a_timer(make_store, tmp_path):
+    make_store(version="v1")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "serve", "--store", str(tmp_path / "store"),
+         "--port", str(port), "--refresh-seconds", "0.2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, "v1", proc=proc)
+        make_store(version="v2")
+        _wait_for(url, "v2", timeout=10, proc=proc)  # no signal, no call: the timer did it
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0
+
+
+def test_serve_without_a_store_is_a_clean_error(tmp_path, capsys):
+    assert main(["serve", "--store", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "recsys serve: error: not an embedding store" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    assert main(["serve", "--store", str(tmp_path / "empty")]) == 2
+    assert "no CURRENT" in capsys.readouterr().err
