@@ -46,12 +46,13 @@ _spec.loader.exec_module(synthetic)
 synthetic_catalogue = synthetic.synthetic_catalogue
 
 from recsys import index as ann  # noqa: E402
-from recsys.candidates import build_catalogue, candidates_table, write_part  # noqa: E402
+from recsys.candidate_search import build_catalogue, candidates_table  # noqa: E402
+from recsys.candidates import write_part  # noqa: E402
 from recsys.config import ExportConfig  # noqa: E402
 from recsys.report import table  # noqa: E402
 
-WHAT = ("ours = recsys.candidates.candidates_table + write_part (search with over-fetch, drop "
-        "seen, parquet parts) on given user vectors: no model forward")
+WHAT = ("ours = recsys.candidate_search.candidates_table + candidates.write_part (search with "
+        "over-fetch, drop seen, parquet parts) on given user vectors: no model forward")
 
 
 def peak_rss_mb() -> float:
