@@ -58,11 +58,7 @@ def test_serve_binds_loopback_answers_and_reloads_on_sighup(make_store, make_can
         assert httpx.post(f"{url}/embeddings", json={"ids": ["i0"]}).json()["vectors"] == \
             [[2.0] * 8]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        finally:
-            proc.kill()
+        _stop(proc)
     log = proc.stderr.read()
     assert "serving store" in log and "now serving version v2" in log, log
     assert "127.0.0.1" in log and "Traceback" not in log
@@ -82,11 +78,7 @@ def test_serve_refreshes_on_a_timer(make_store, tmp_path):
         make_store(version="v2")
         _wait_for(url, "v2", timeout=10, proc=proc)  # no signal, no call: the timer did it
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        finally:
-            proc.kill()
+        _stop(proc)
     assert proc.returncode == 0
 
 
@@ -97,3 +89,12 @@ def test_serve_without_a_store_is_a_clean_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["serve", "--store", str(tmp_path / "empty")]) == 2
     assert "no CURRENT" in capsys.readouterr().err
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C the server and wait for it; kill it if it hangs."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
