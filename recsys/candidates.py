@@ -38,6 +38,7 @@ from recsys.data.split import Split
 from recsys.distributed import Worker, barrier, process_group, share
 from recsys.export import batch_user_vectors, full_histories
 from recsys.runs import load_run
+from serving.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def job_doc(run_dir: Path, cfg: ExportConfig, split: Split, rows: np.ndarray,
     paths = {key: settings.pop(key) for key in ("out", "allow_items", "deny_items")}
     identity = {
         "run_id": run_dir.name,
-        "weights_sha256": _sha256(run_dir / "checkpoint" / "best" / "model.safetensors"),
+        "weights_sha256": file_sha256(run_dir / "checkpoint" / "best" / "model.safetensors"),
         "settings": settings,  # the lists count through their content below, not their paths
         "users": {"count": len(rows), "sha256": _ids_sha256(split.users.ids[rows])},
         "items": {"count": len(items), "sha256": _ids_sha256(split.items.ids[items - 1])},
@@ -273,7 +274,7 @@ def write_manifest(out: Path, job: dict[str, Any], cfg: ExportConfig,
         meta = pq.read_metadata(path)
         entries.append({"file": path.name, "users": stop - start, "rows": meta.num_rows,
                         "short_users": int(meta.metadata[b"recsys.short_users"]),
-                        "sha256": _sha256(path)})
+                        "sha256": file_sha256(path)})
     identity = {key: v for key, v in job.items() if key not in ("settings", "paths")}
     doc = {**identity, "config": config_to_dict(cfg), "rows": sum(e["rows"] for e in entries),
            "short_users": sum(e["short_users"] for e in entries), "parts": entries,
@@ -305,11 +306,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); nothing was changed") from err
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _ids_sha256(ids: np.ndarray) -> str:

@@ -4,21 +4,21 @@ Free functions over numpy arrays around a faiss `index_factory` spec ("Flat", "I
 "HNSW32", "IVF256,PQ16" ...). Every index scores by inner product; metric "cosine" L2-normalises
 a copy of the vectors at build time and the queries at search time, so the caller passes the same
 metric to both. GPU faiss is used when the installed faiss has GPU support and a GPU is present.
-A leaf module: numpy, faiss and the standard library only.
+A leaf module: numpy, faiss, the standard library and `recsys.atomic` for the one file write.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from recsys.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +102,13 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int) -> floa
 def save_index(index: faiss.Index, path: str | Path) -> Path:
     """Write `index` to `path` (a directory gets `index.faiss` inside) atomically; return the file.
 
-    The bytes go to a temp file in the same directory, then `os.replace` puts it in place, so a
-    reader sees the old file or the new one, never half. A GPU index is copied to the CPU first.
+    Written through `recsys.atomic.atomic_path`, so a reader sees the old file or the new one,
+    never half. A GPU index is copied to the CPU first.
     """
     path = Path(path)
     target = path / INDEX_FILE if path.is_dir() else path
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(_to_cpu(index), tmp)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        faiss.write_index(_to_cpu(index), str(tmp))
     return target
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from serving.lookup import UnknownIdError
-from serving.store import StoreError
+from serving.store import StoreError, file_sha256
 
 
 class CandidateLookup:
@@ -71,7 +70,7 @@ class CandidateLookup:
     def _index_part(self, n: int, file: Path, entry: dict[str, Any], verify: bool) -> None:
         try:
             meta = pq.read_metadata(file)
-            if verify and _sha256(file) != entry.get("sha256"):
+            if verify and file_sha256(file) != entry.get("sha256"):
                 raise StoreError(f"{file} does not match its sha256 in the manifest")
             users = pq.read_table(file, columns=["user_id"]).column("user_id").combine_chunks()
         except (OSError, pa.ArrowException) as err:
@@ -97,7 +96,3 @@ class CandidateLookup:
         return pq.ParquetFile(self._parts[part]).read_row_group(
             group, columns=["rank", "item_id", "score", "stage"])
 
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

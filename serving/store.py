@@ -76,7 +76,7 @@ def write_store(
             "version": version, "count": len(ids), "dim": int(vectors.shape[1]), "dtype": dtype,
             "normalized": bool(normalized), "model": model, "run_id": run_id,
             "created": now.isoformat(timespec="seconds"),
-            "sha256": {VECTORS: _sha256(tmp / VECTORS), IDS: _sha256(tmp / IDS)},
+            "sha256": {VECTORS: file_sha256(tmp / VECTORS), IDS: file_sha256(tmp / IDS)},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
         os.rename(tmp, root / version)  # fails rather than merge if the name appeared meanwhile
@@ -107,7 +107,7 @@ def read_store(path: str | Path, *, verify: bool = True) -> StoreData:
     for name in (VECTORS, IDS):
         if not (path / name).is_file():
             raise StoreError(f"{path / name} is missing")
-        if verify and _sha256(path / name) != meta["sha256"][name]:
+        if verify and file_sha256(path / name) != meta["sha256"][name]:
             raise StoreError(f"{path / name} does not match its sha256 in meta.json "
                              "(truncated or modified)")
     try:
@@ -192,6 +192,7 @@ def _read_ids(path: Path, count: int) -> np.ndarray:
     return ids
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (the checksums of meta.json and of candidate manifests)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -27,12 +27,12 @@ def served(make_store, make_candidates, run_server, tmp_path):
         yield client, store
 
 
-def _ok(response):
+def assert_ok(response):
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def _error(response, status, code):
+def assert_error(response, status, code):
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -43,13 +43,13 @@ def _error(response, status, code):
 
 def test_health_meta_and_openapi(served):
     client, store = served
-    assert _ok(client.get("/health")) == {"status": "ok", "version": store.version}
-    meta = _ok(client.get("/meta"))
+    assert assert_ok(client.get("/health")) == {"status": "ok", "version": store.version}
+    meta = assert_ok(client.get("/meta"))
     assert {k: meta[k] for k in ("model", "run_id", "dim", "count", "version", "search")} == {
         "model": "two_tower", "run_id": "run1", "dim": 8, "count": 20,
         "version": store.version, "search": "exact"}
     assert meta["limits"]["max_ids"] == 50 and meta["candidates"]["users"] == 7
-    schema = _ok(client.get("/openapi.json"))
+    schema = assert_ok(client.get("/openapi.json"))
     assert {"/health", "/meta", "/embeddings", "/neighbors", "/candidates/{user_id}"} <= \
         set(schema["paths"])
     ids = schema["components"]["schemas"]["EmbeddingsRequest"]["properties"]["ids"]
@@ -58,13 +58,13 @@ def test_health_meta_and_openapi(served):
 
 def test_embeddings_answer_duplicates_unknowns_and_empty_lists(served):
     client, store = served
-    body = _ok(client.post("/embeddings", json={"ids": ["i3", "nope", "i3"]}))
+    body = assert_ok(client.post("/embeddings", json={"ids": ["i3", "nope", "i3"]}))
     assert body["version"] == store.version and body["dim"] == 8
     assert body["found"] == [True, False, True]
     vectors = np.array(body["vectors"], dtype=np.float32)
     np.testing.assert_array_equal(vectors[[0, 2]], _vectors()[[3, 3]])
     np.testing.assert_array_equal(vectors[1], np.zeros(8))
-    assert _ok(client.post("/embeddings", json={"ids": []})) == {
+    assert assert_ok(client.post("/embeddings", json={"ids": []})) == {
         "version": store.version, "dim": 8, "vectors": [], "found": []}
 
 
@@ -73,17 +73,17 @@ def test_embeddings_answer_duplicates_unknowns_and_empty_lists(served):
     [], "ids", None,
 ])
 def test_embeddings_wrong_types_are_422(served, body):
-    _error(served[0].post("/embeddings", json=body), 422, "invalid_request")
+    assert_error(served[0].post("/embeddings", json=body), 422, "invalid_request")
 
 
 def test_malformed_json_is_422(served):
     response = served[0].post("/embeddings", content=b'{"ids": [',
                               headers={"content-type": "application/json"})
-    _error(response, 422, "invalid_request")
+    assert_error(response, 422, "invalid_request")
 
 
 def test_too_many_ids_names_the_limit(served):
-    body = _error(served[0].post("/embeddings", json={"ids": ["i1"] * 51}), 422,
+    body = assert_error(served[0].post("/embeddings", json={"ids": ["i1"] * 51}), 422,
                   "limit_exceeded")
     assert body["limit"] == "max_ids" and body["max"] == 50 and "max_ids" in body["message"]
 
@@ -91,7 +91,7 @@ def test_too_many_ids_names_the_limit(served):
 def test_oversized_bodies_are_413_naming_the_limit(served):
     client, _ = served
     big = json.dumps({"ids": ["x" * 100] * 45}).encode()  # under max_ids, over 4096 bytes
-    body = _error(client.post("/embeddings", content=big,
+    body = assert_error(client.post("/embeddings", content=big,
                               headers={"content-type": "application/json"}), 413,
                   "limit_exceeded")
     assert body["limit"] == "max_body_bytes" and body["max"] == 4096
@@ -102,20 +102,20 @@ def test_oversized_bodies_are_413_naming_the_limit(served):
 
     streamed = client.post("/embeddings", content=chunks(),
                            headers={"content-type": "application/json"})
-    assert _error(streamed, 413, "limit_exceeded")["limit"] == "max_body_bytes"
-    assert _ok(client.get("/health"))  # the server is still fine
+    assert assert_error(streamed, 413, "limit_exceeded")["limit"] == "max_body_bytes"
+    assert assert_ok(client.get("/health"))  # the server is still fine
 
 
 def test_neighbors_by_id_and_by_vector(served):
     client, store = served
-    by_id = _ok(client.post("/neighbors", json={"id": "i3", "k": 4, "exclude": ["i5", "zz"]}))
+    by_id = assert_ok(client.post("/neighbors", json={"id": "i3", "k": 4, "exclude": ["i5", "zz"]}))
     expected = store.nearest("i3", k=4, exclude=["i5"])
     assert by_id["ids"] == expected.ids and "i3" not in by_id["ids"] and "i5" not in by_id["ids"]
     np.testing.assert_allclose(by_id["scores"], expected.scores, rtol=1e-6)
     q = _vectors(seed=9)[0]
-    by_vector = _ok(client.post("/neighbors", json={"vector": q.tolist(), "k": 3}))
+    by_vector = assert_ok(client.post("/neighbors", json={"vector": q.tolist(), "k": 3}))
     assert by_vector["ids"] == store.nearest(q, k=3).ids
-    assert len(_ok(client.post("/neighbors", json={"id": "i1"}))["ids"]) == 10  # default k
+    assert len(assert_ok(client.post("/neighbors", json={"id": "i1"}))["ids"]) == 10  # default k
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
@@ -139,7 +139,7 @@ def test_neighbors_by_id_and_by_vector(served):
     ({"id": "i1", "exclude": ["i2"] * 51}, 422, "limit_exceeded"),
 ])
 def test_bad_neighbor_queries_are_clean_4xx(served, body, status, code):
-    _error(served[0].post("/neighbors", json=body), status, code)
+    assert_error(served[0].post("/neighbors", json=body), status, code)
 
 
 @pytest.mark.parametrize("raw", [b'{"vector": [NaN, 1, 1, 1, 1, 1, 1, 1]}',
@@ -148,30 +148,30 @@ def test_bad_neighbor_queries_are_clean_4xx(served, body, status, code):
 def test_non_finite_json_numbers_are_422(served, raw):
     response = served[0].post("/neighbors", content=raw,
                               headers={"content-type": "application/json"})
-    _error(response, 422, "invalid_request")
+    assert_error(response, 422, "invalid_request")
 
 
 def test_candidates_of_a_user(served):
     client, _ = served
-    body = _ok(client.get("/candidates/u4", params={"k": 2}))
+    body = assert_ok(client.get("/candidates/u4", params={"k": 2}))
     assert body == {"user_id": "u4", "run_id": "run1", "candidates": [
         {"rank": 1, "item_id": "u4-r1", "score": 1.0, "stage": "retrieval"},
         {"rank": 2, "item_id": "u4-r2", "score": 0.5, "stage": "retrieval"}]}
-    assert len(_ok(client.get("/candidates/u4"))["candidates"]) == 5
-    assert _error(client.get("/candidates/nobody"), 404, "unknown_id")["ids"] == ["nobody"]
-    assert _error(client.get("/candidates/u4", params={"k": 11}), 422,
+    assert len(assert_ok(client.get("/candidates/u4"))["candidates"]) == 5
+    assert assert_error(client.get("/candidates/nobody"), 404, "unknown_id")["ids"] == ["nobody"]
+    assert assert_error(client.get("/candidates/u4", params={"k": 11}), 422,
                   "limit_exceeded")["limit"] == "max_k"
-    _error(client.get("/candidates/u4", params={"k": "x"}), 422, "invalid_request")
+    assert_error(client.get("/candidates/u4", params={"k": "x"}), 422, "invalid_request")
 
 
 def test_candidates_without_a_dir_and_unknown_routes(make_store, run_server, tmp_path):
     make_store()
     url = run_server(create_app(EmbeddingStore(tmp_path / "store", unknown="zeros")))
     with httpx.Client(base_url=url) as client:
-        _error(client.get("/candidates/u1"), 404, "not_configured")
-        _error(client.get("/nowhere"), 404, "not_found")
-        assert _error(client.put("/embeddings"), 405, "method_not_allowed")
-        assert _ok(client.get("/meta"))["candidates"] is None
+        assert_error(client.get("/candidates/u1"), 404, "not_configured")
+        assert_error(client.get("/nowhere"), 404, "not_found")
+        assert assert_error(client.put("/embeddings"), 405, "method_not_allowed")
+        assert assert_ok(client.get("/meta"))["candidates"] is None
 
 
 def test_a_crash_is_a_json_500_without_a_stack_trace(make_store, run_server, tmp_path,
@@ -185,7 +185,7 @@ def test_a_crash_is_a_json_500_without_a_stack_trace(make_store, run_server, tmp
 
     monkeypatch.setattr(store, "snapshot", broken)
     with httpx.Client(base_url=url) as client:
-        body = _error(client.post("/embeddings", json={"ids": ["i1"]}), 500, "internal_error")
+        body = assert_error(client.post("/embeddings", json={"ids": ["i1"]}), 500, "internal_error")
         assert "secret" not in json.dumps(body)
 
 
@@ -194,19 +194,19 @@ def test_a_new_version_is_served_after_refresh_and_kept_without_current(served, 
     client, store = served
     old = store.version
     make_store(vectors=np.full((20, 8), 2.0, np.float32), version="v2")
-    assert _ok(client.get("/health"))["version"] == old  # not before a refresh
+    assert assert_ok(client.get("/health"))["version"] == old  # not before a refresh
     refresher = Refresher(store, every=0.05)
     refresher.start()
     try:
         for _ in range(200):
-            if _ok(client.get("/health"))["version"] == "v2":
+            if assert_ok(client.get("/health"))["version"] == "v2":
                 break
             refresher.trigger()
-        body = _ok(client.post("/embeddings", json={"ids": ["i0"]}))
+        body = assert_ok(client.post("/embeddings", json={"ids": ["i0"]}))
         assert body["version"] == "v2" and body["vectors"] == [[2.0] * 8]
         (tmp_path / "store" / "CURRENT").unlink()  # a missing CURRENT: keep serving v2
         refresher.trigger()
-        assert _ok(client.post("/embeddings", json={"ids": ["i0"]}))["version"] == "v2"
+        assert assert_ok(client.post("/embeddings", json={"ids": ["i0"]}))["version"] == "v2"
     finally:
         refresher.stop()
         refresher.join(timeout=5)
