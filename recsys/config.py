@@ -21,12 +21,23 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class CtrDataConfig:
+    """How a CTR (reranker) run labels and splits interactions (recsys.data.ctr)."""
+
+    positive_min: float = 4.0  # rating >= this -> label 1, when the dataset has no label column
+    negative_max: float = 2.0  # rating <= this -> label 0; ratings in between are dropped
+    valid_from: float = 0.8  # global time quantile of the labelled rows where validation starts
+    test_from: float = 0.9  # global time quantile where test starts (train: before valid_from)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = "movielens-latest"  # converter name (recsys prepare --help lists them)
     raw: str = "data/sample/ml-latest-small"  # raw files, relative to the working directory
     dir: str = "data/prepared/ml-latest-small"  # canonical dataset dir written by prepare
     mapping: dict[str, Any] | None = None  # column mapping for source "tabular"
     cold_items: float = 0.0  # share of items (newest first seen) kept out of training: cold start
+    ctr: CtrDataConfig = field(default_factory=CtrDataConfig)  # labels + temporal split (reranker)
 
 
 @dataclass(frozen=True)
@@ -95,11 +106,34 @@ class TwoTowerConfig:
 
 
 @dataclass(frozen=True)
+class RerankerConfig:
+    """DCN-v2 CTR model over (user, item, history before the interaction) (models/reranker.py)."""
+
+    dim: int = 16  # embedding size of each sparse feature (ID and attribute bags)
+    user_ids: bool = True  # user-ID bag (users unseen in training read an empty bag)
+    item_ids: bool = True  # item-ID bag (items unseen in training read an empty bag)
+    user_categorical: tuple[str, ...] = ()  # user attributes (users.parquet) as ID bags
+    categorical: tuple[str, ...] = ()  # item attributes as ID bags through torchrec
+    max_values: int = 16  # values kept per categorical attribute
+    text: tuple[str, ...] = ("title",)  # item attributes read by the frozen text encoder
+    max_len: int = 50  # most recent items (before the interaction) pooled into the history
+    history_stats: bool = True  # log count and smoothed positive rate of the user's earlier rows
+    dense_hidden: tuple[int, ...] = (128, 64)  # dense-arch MLP widths over the dense features
+    cross_layers: int = 2  # DCN-v2 cross layers over [sparse embeddings, dense output]
+    cross_rank: int = 0  # low-rank cross weights (U V^T of this rank); 0 = full matrices
+    over_hidden: tuple[int, ...] = (128, 64)  # over-arch MLP widths before the logit
+    dropout: float = 0.1  # dropout in the dense and over arches
+    encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    text_max_tokens: int = 64  # token budget of one attribute's text
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["popularity", "sasrec", "two_tower"] = "sasrec"
+    name: Literal["popularity", "sasrec", "two_tower", "reranker"] = "sasrec"
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
 
 
 @dataclass(frozen=True)
