@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -78,41 +79,41 @@ class Snapshot:
     def get(self, ids: Sequence[str], unknown: str = "raise",
             fallback: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors (n, dim) float32 of `ids` (n,) and found (n,) bool; see EmbeddingStore.get."""
-        if not isinstance(ids, list | tuple):
-            if isinstance(ids, str | bytes):
+        if not isinstance(ids, (list, tuple)):
+            if isinstance(ids, (str, bytes)):
                 raise TypeError("ids must be a sequence of ids, not one string: wrap as [id]")
             ids = list(ids)  # an iterator must survive being walked twice
         n = len(ids)
-        try:  # fast path, every id known: one C-level itemgetter over the dict, then take()
-            if n > 1:
-                rows = np.fromiter(itemgetter(*ids)(self.rows), dtype=np.intp, count=n)
-                out = self.matrix.take(rows, axis=0)  # (n, dim), a copy
-            elif n == 1:
+        # Fast path, every id known. The dict lookups run in C (itemgetter) and the rows come
+        # out in one gather; measured faster than pandas get_indexer or a searchsorted over
+        # sorted keys or hashes, whose per-call numpy overheads outweigh what they save.
+        try:
+            if n == 1:
                 row = self.rows[ids[0]]
                 out = self.matrix[row:row + 1].copy()  # (1, dim)
+            elif n:
+                rows = np.fromiter(itemgetter(*ids)(self.rows), dtype=np.intp, count=n)
+                out = self.matrix.take(rows, axis=0)  # (n, dim), the one copy
             else:
                 out = np.empty((0, self.matrix.shape[1]), np.float32)
         except (KeyError, TypeError):  # TypeError: an unhashable id
             return self._get_with_misses(ids, unknown, fallback)
-        if out.dtype != np.float32:
-            out = out.astype(np.float32)
-        return out, np.ones(n, dtype=bool)
+        found = np.empty(n, dtype=bool)  # (n,); empty + fill costs half of np.ones
+        found.fill(True)
+        return out.astype(np.float32, copy=False), found
 
     def _get_with_misses(self, ids: list | tuple, unknown: str,
                          fallback: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """`get` when some id is unknown; non-str ids are tried as str(id), as write_store
         stored them."""
-        rows, found = [], []
-        for i in ids:
-            row = self.rows.get(i) if isinstance(i, str) else self.rows.get(_as_str(i))
-            rows.append(0 if row is None else row)
-            found.append(row is not None)
-        found = np.array(found, dtype=bool)  # (n,)
+        keys = [i if isinstance(i, str) else _as_str(i) for i in ids]
+        rows = np.fromiter(map(self.rows.get, keys, repeat(-1)), dtype=np.intp,
+                           count=len(keys))  # (n,), -1 where unknown
+        found = rows >= 0  # (n,)
         if unknown == "raise" and not found.all():
-            missing = [i for i, ok in zip(ids, found.tolist(), strict=True) if not ok]
-            raise UnknownIdError(missing, self.version)
+            raise UnknownIdError([ids[i] for i in np.flatnonzero(~found)], self.version)
         out = self.matrix.take(rows, axis=0).astype(np.float32, copy=False)  # (n, dim)
-        out[~found] = fallback if unknown == "fallback" else 0.0
+        out[~found] = fallback if unknown == "fallback" else 0.0  # (row -1 took the last row)
         return out, found
 
     def nearest(self, query: str | np.ndarray | Sequence[float], k: int, *,
