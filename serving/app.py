@@ -8,7 +8,8 @@
 
 Every answer comes from one store version. Errors are JSON, `{"error": code, "message", ...}`:
 a request over a limit gets a 4xx naming it (`"limit": "max_ids"`, `"max": 1000`), a bug gets
-a 500 without a stack trace. `serve` refreshes the store on a timer and on SIGHUP.
+a 500 without a stack trace. `serve` refreshes the store on a timer and on SIGHUP, and the
+candidates too when their `_manifest.json` changed.
 """
 
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -246,12 +248,14 @@ class BodyLimit:
 
 
 class Refresher(threading.Thread):
-    """Calls store.refresh() every `every` seconds (None: never) and on `trigger()` (SIGHUP).
-    A failed refresh is logged and the old version keeps serving."""
+    """Calls store.refresh() (and candidates.refresh(), when given) every `every` seconds
+    (None: never) and on `trigger()` (SIGHUP). Each is refreshed on its own: a failed refresh
+    is logged and the old version of that one keeps serving."""
 
-    def __init__(self, store: EmbeddingStore, every: float | None):
+    def __init__(self, store: EmbeddingStore, every: float | None,
+                 candidates: CandidateLookup | None = None):
         super().__init__(name="store-refresh", daemon=True)
-        self.store, self.every = store, every
+        self.store, self.every, self.candidates = store, every, candidates
         self._wake, self._stopped = threading.Event(), False
 
     def trigger(self) -> None:  # safe in a signal handler: only sets an event
@@ -267,13 +271,20 @@ class Refresher(threading.Thread):
             if self._stopped:
                 return
             self._wake.clear()
-            try:
-                if self.store.refresh():
-                    log.info("store refreshed: now serving version %s", self.store.version)
-            except StoreError as err:
-                log.warning("refresh failed, still serving %s: %s", self.store.version, err)
-            except Exception:
-                log.exception("refresh crashed, still serving %s", self.store.version)
+            self._refresh(self.store, lambda: f"version {self.store.version}")
+            if self.candidates is not None:
+                self._refresh(self.candidates, lambda: "candidates {path} of run {run_id}"
+                              .format(**self.candidates.meta))
+
+    @staticmethod
+    def _refresh(what: EmbeddingStore | CandidateLookup, serving: Callable[[], str]) -> None:
+        try:
+            if what.refresh():
+                log.info("refreshed: now serving %s", serving())
+        except StoreError as err:
+            log.warning("refresh failed, still serving %s: %s", serving(), err)
+        except Exception:
+            log.exception("refresh crashed, still serving %s", serving())
 
 
 def serve(store_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
@@ -291,7 +302,7 @@ def serve(store_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     store = EmbeddingStore(store_dir, unknown="zeros", metric=metric)
     candidates = CandidateLookup(candidates_dir) if candidates_dir else None
     app = create_app(store, candidates, limits)
-    refresher = Refresher(store, refresh_seconds)
+    refresher = Refresher(store, refresh_seconds, candidates)
     refresher.start()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGHUP, lambda *_: refresher.trigger()) if in_main else None

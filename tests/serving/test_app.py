@@ -1,6 +1,7 @@
 """The HTTP app, served by a real uvicorn on a loopback port and spoken to over HTTP."""
 
 import json
+import time
 
 import httpx
 import numpy as np
@@ -211,3 +212,32 @@ def test_a_new_version_is_served_after_refresh_and_kept_without_current(served, 
         refresher.stop()
         refresher.join(timeout=5)
     assert not refresher.is_alive()
+
+
+def test_candidates_follow_a_refresh_when_their_manifest_changed(make_store, make_candidates,
+                                                                 run_server, tmp_path):
+    make_store()
+    store = EmbeddingStore(tmp_path / "store", unknown="zeros")
+    live = tmp_path / "live"
+    live.symlink_to(make_candidates(users=7, k=5, out=tmp_path / "a"))
+    candidates = CandidateLookup(live)
+    url = run_server(create_app(store, candidates, LIMITS))
+    (tmp_path / "link").symlink_to(make_candidates(users=9, k=3, out=tmp_path / "b"))
+    (tmp_path / "link").replace(live)  # a new export switched in, the store unchanged
+    refresher = Refresher(store, every=None, candidates=candidates)
+    refresher.start()
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert len(assert_ok(client.get("/candidates/u1"))["candidates"]) == 5  # not yet
+            refresher.trigger()
+            for _ in range(200):
+                rows = assert_ok(client.get("/candidates/u1"))["candidates"]  # never an error
+                if len(rows) == 3:
+                    break
+                time.sleep(0.02)
+            assert [r["item_id"] for r in rows] == ["u1-r1", "u1-r2", "u1-r3"]
+            assert assert_ok(client.get("/candidates/u8"))["candidates"][0]["item_id"] == "u8-r1"
+            assert assert_ok(client.get("/meta"))["candidates"]["users"] == 9
+    finally:
+        refresher.stop()
+        refresher.join(timeout=5)

@@ -60,3 +60,34 @@ def test_a_user_in_two_places_is_refused(make_candidates):
     pq.write_table(table.set_column(0, "user_id", users), out / "part-00001.parquet")
     with pytest.raises(StoreError, match="'u0' appears twice"):
         CandidateLookup(out)
+
+
+def test_refresh_reopens_only_when_the_manifest_changed(make_candidates, tmp_path):
+    out = make_candidates(users=7, k=5)
+    lookup = CandidateLookup(out)
+    assert lookup.get("u1") == _expected("u1", 5)
+    assert lookup.refresh() is False  # same manifest: nothing reopened
+    make_candidates(users=9, k=3, out=out)  # a new export written over this one, in place
+    with pytest.raises(StoreError, match="changed since it was indexed"):
+        lookup.get("u4")  # its part was replaced: no rows through the stale index
+    assert lookup.refresh() is True
+    assert lookup.get("u4") == _expected("u4", 3) and "u8" in lookup
+    assert lookup.meta["users"] == 9 and lookup.meta["k"] == 3
+    assert lookup.refresh() is False
+
+
+def test_refresh_follows_a_switched_symlink_and_keeps_the_old_export_on_errors(
+        make_candidates, tmp_path):
+    live = tmp_path / "live"
+    live.symlink_to(make_candidates(users=7, k=5, out=tmp_path / "a"))
+    lookup = CandidateLookup(live)
+    new = make_candidates(users=9, k=3, out=tmp_path / "b")
+    (tmp_path / "tmp-link").symlink_to(new)
+    (tmp_path / "tmp-link").replace(live)  # an atomic switch, as for the store's CURRENT
+    assert lookup.get("u4") == _expected("u4", 5)  # still the export it opened, whole
+    assert lookup.refresh() is True
+    assert lookup.get("u4") == _expected("u4", 3) and "u8" in lookup
+    (new / "_manifest.json").unlink()  # the next export is half written
+    with pytest.raises(StoreError, match="_manifest.json"):
+        lookup.refresh()
+    assert lookup.get("u8") == _expected("u8", 3)  # the last good one keeps answering

@@ -37,6 +37,7 @@ def _wait_for(url, version=None, timeout=30.0, proc=None):
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
 def test_serve_binds_loopback_answers_and_reloads_on_sighup(make_store, make_candidates,
                                                             tmp_path):
+    """SIGHUP moves to the new store version and reopens the rewritten candidates."""
     make_store(version="v1")
     port = _free_port()
     proc = subprocess.Popen(
@@ -51,16 +52,22 @@ def test_serve_binds_loopback_answers_and_reloads_on_sighup(make_store, make_can
         assert got["found"] == [True, False]
         assert httpx.get(f"{url}/candidates/u1").json()["candidates"][0]["item_id"] == "u1-r1"
         make_store(vectors=np.full((20, 8), 2.0, np.float32), version="v2")
+        make_candidates(k=3)  # a new export over the served dir
         time.sleep(0.5)
         assert _wait_for(url)["version"] == "v1"  # no timer: nothing moves by itself
         proc.send_signal(signal.SIGHUP)
         _wait_for(url, "v2", timeout=10, proc=proc)
         assert httpx.post(f"{url}/embeddings", json={"ids": ["i0"]}).json()["vectors"] == \
             [[2.0] * 8]
+        deadline = time.monotonic() + 10
+        while len(httpx.get(f"{url}/candidates/u1").json()["candidates"]) != 3:
+            assert time.monotonic() < deadline, "candidates were not reopened after SIGHUP"
+            time.sleep(0.1)
     finally:
         _stop(proc)
     log = proc.stderr.read()
     assert "serving store" in log and "now serving version v2" in log, log
+    assert "now serving candidates" in log, log
     assert "127.0.0.1" in log and "Traceback" not in log
     assert proc.returncode == 0, log  # Ctrl-C is a clean stop
 
