@@ -103,6 +103,8 @@ class TwoTowerConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     text_max_tokens: int = 64  # token budget of one attribute's text
+    finetune_text: bool = False  # train the text encoder with the towers (off: frozen, cached)
+    text_lr: float = 5e-5  # AdamW learning rate of the encoder when fine-tuned
 
 
 @dataclass(frozen=True)

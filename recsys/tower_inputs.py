@@ -40,14 +40,22 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
         aligned = users.drop_duplicates("user_id").set_index("user_id").reindex(list(user_ids))
         user_categorical = [categorical_codes(aligned[c], config.max_values)
                             for c in config.user_categorical]
+    tokens = lengths = None
+    if config.finetune_text and config.text:  # the model encodes the text itself, as it learns
+        tokens, lengths = map(torch.as_tensor, text_tokens(config, items))
+        text = torch.zeros(len(items) + 1, len(config.text), 0)
+    else:
+        text = torch.as_tensor(text_vectors(config, items))
     return TowerInputs(
-        text=torch.as_tensor(text_vectors(config, items)),
+        text=text,
         categorical=tuple(torch.as_tensor(codes) for codes, _ in categorical),
         vocab_sizes=tuple(size for _, size in categorical),
         id_known=torch.as_tensor(train_counts > 0),
         n_users=len(user_ids),
         user_categorical=tuple(torch.as_tensor(codes[1:]) for codes, _ in user_categorical),
         user_vocab_sizes=tuple(size for _, size in user_categorical),
+        tokens=tokens,
+        token_lengths=lengths,
     )
 
 
@@ -57,16 +65,44 @@ def text_vectors(config: TwoTowerConfig, items: pd.DataFrame) -> np.ndarray:
         return np.zeros((len(items) + 1, 0, 1), np.float32)
     encoder = TextEncoder(config.encoder)
     out = np.zeros((len(items) + 1, len(config.text), encoder.dim), np.float32)
-    for slot, column in enumerate(config.text):
-        sentences = item_sentences(items, (column,), max_tokens=config.text_max_tokens,
-                                   max_length=None, tokenizer=encoder.tokenizer).sentences
+    for slot, sentences in enumerate(_text_sentences(config, items, encoder.tokenizer)):
         rows = np.flatnonzero([bool(s) for s in sentences])
-        if len(rows) < len(items):
-            log.info("text %r: %d of %d items have none (zero vector)", column,
-                     len(items) - len(rows), len(items))
         if len(rows):
             texts = [sentences[r] for r in rows]
             out[rows + 1, slot] = encode_texts(encoder, texts, normalize=True, progress=True)
+    return out
+
+
+def text_tokens(config: TwoTowerConfig, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (n_items + 1, n_text, T) int64 (pad id after the end) and lengths
+    (n_items + 1, n_text), 0 where an item lacks the text: what a fine-tuned encoder reads."""
+    encoder = TextEncoder(config.encoder)
+    per_slot = []  # (item rows with text, their token lists) per attribute
+    for sentences in _text_sentences(config, items, encoder.tokenizer):
+        rows = [r for r, s in enumerate(sentences) if s]
+        per_slot.append((rows, encoder.tokenize([sentences[r] for r in rows])))
+    width = max([1] + [len(ids) for _, lists in per_slot for ids in lists])
+    tokens = np.full((len(items) + 1, len(per_slot), width), encoder.tokenizer.pad_token_id or 0,
+                     np.int64)
+    lengths = np.zeros((len(items) + 1, len(per_slot)), np.int64)
+    for slot, (rows, lists) in enumerate(per_slot):
+        for row, ids in zip(rows, lists, strict=True):
+            tokens[row + 1, slot, : len(ids)] = ids
+            lengths[row + 1, slot] = len(ids)
+    return tokens, lengths
+
+
+def _text_sentences(config: TwoTowerConfig, items: pd.DataFrame, tokenizer) -> list[list[str]]:
+    """Per text attribute, one sentence per item ("" where the item has none)."""
+    out = []
+    for column in config.text:
+        sentences = item_sentences(items, (column,), max_tokens=config.text_max_tokens,
+                                   max_length=None, tokenizer=tokenizer).sentences
+        missing = sum(not s for s in sentences)
+        if missing:
+            log.info("text %r: %d of %d items have none (zero vector)", column, missing,
+                     len(items))
+        out.append(sentences)
     return out
 
 

@@ -50,7 +50,8 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     torch.manual_seed(cfg.seed)
     dataset, split = load_data(config)
     model = new_model(config, dataset, split)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = (model.parameter_groups(cfg.lr) if hasattr(model, "parameter_groups")
+                 else [p for p in model.parameters() if p.requires_grad])
     optimizer = (torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
                  if trainable else None)
     state = {"epoch": 0, "step": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0,

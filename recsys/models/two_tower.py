@@ -18,6 +18,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 
 from recsys.config import TwoTowerConfig
 from recsys.models.attention import causal_padding_mask
+from recsys.models.text_encoder import TextEncoder
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class TowerInputs:
     n_users: int  # user rows (the users of the split)
     user_categorical: tuple[torch.Tensor, ...] = ()  # per user attribute (n_users, k), -1 = none
     user_vocab_sizes: tuple[int, ...] = ()
+    tokens: torch.Tensor | None = None  # (n_items + 1, n_text, T) token ids, to fine-tune
+    token_lengths: torch.Tensor | None = None  # (n_items + 1, n_text), 0 = no text
 
 
 def _bags(features: dict[str, torch.Tensor]) -> KeyedJaggedTensor:
@@ -90,8 +93,16 @@ class ItemTower(nn.Module):
         self.register_buffer("id_known", inputs.id_known, persistent=False)
         self.bags = Bags(config.dim, "item_id" if config.item_ids else None, n_items + 1,
                          config.categorical, inputs.categorical, inputs.vocab_sizes)
-        self.text_proj = nn.ModuleList(nn.Linear(inputs.text.shape[-1], config.dim)
-                                       for _ in config.text)
+        self.text_encoder = None
+        text_dim = inputs.text.shape[-1]
+        if config.finetune_text and config.text:
+            if inputs.tokens is None or inputs.token_lengths is None:
+                raise ValueError("finetune_text needs the items' token ids in TowerInputs")
+            self.text_encoder = TextEncoder(config.encoder)
+            self.register_buffer("tokens", inputs.tokens, persistent=False)
+            self.register_buffer("token_lengths", inputs.token_lengths, persistent=False)
+            text_dim = self.text_encoder.dim
+        self.text_proj = nn.ModuleList(nn.Linear(text_dim, config.dim) for _ in config.text)
         self.mlp = _mlp(len(self.feature_names) * config.dim, config.hidden, config.dim,
                         config.dropout)
 
@@ -101,10 +112,27 @@ class ItemTower(nn.Module):
         if self.training and self.config.id_dropout > 0:  # learn to do without the ID
             keep = keep & (torch.rand(items.shape, device=items.device) >= self.config.id_dropout)
         by_name = self.bags(items, torch.where(keep, items, -1)) if self.bags.count else {}
-        for name, proj, text in zip(self.config.text, self.text_proj, self.text[items].unbind(1),
+        texts = self.text[items] if self.text_encoder is None else self.encode_text(items)
+        for name, proj, text in zip(self.config.text, self.text_proj, texts.unbind(1),
                                     strict=True):
             by_name[name] = proj(text)  # (n, dim); absent text is a zero vector -> the bias only
         return torch.stack([by_name[name] for name in self.feature_names], dim=1)
+
+    def encode_text(self, items: torch.Tensor) -> torch.Tensor:
+        """items (n,) -> (n, n_text, text_dim) unit vectors from the encoder being fine-tuned;
+        an item without the text keeps a zero vector, as in the frozen path."""
+        slots = []
+        for slot in range(len(self.config.text)):
+            lengths = self.token_lengths[items, slot]  # (n,)
+            rows = torch.nonzero(lengths > 0).squeeze(1)
+            out = torch.zeros(len(items), self.text_encoder.dim, device=items.device)
+            if len(rows):
+                width = int(lengths[rows].max())  # trim the padding shared by the whole batch
+                ids = self.tokens[items[rows], slot, :width]  # (r, width)
+                mask = (torch.arange(width, device=ids.device) < lengths[rows, None]).long()
+                out = out.index_copy(0, rows, F.normalize(self.text_encoder(ids, mask), dim=-1))
+            slots.append(out)
+        return torch.stack(slots, dim=1)
 
     def forward(self, items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """items (n,), mask (n, F) bool (True = feature hidden) -> (n, dim) unit vectors."""
@@ -188,6 +216,15 @@ class TwoTower(nn.Module):
             vectors = self.item_tower(items)
             return torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
         return self.item_tower(items, mask)
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """AdamW groups: a fine-tuned text encoder learns at `config.text_lr`, the rest at `lr`."""
+        encoder = self.item_tower.text_encoder
+        if encoder is None:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        own = {id(p) for p in encoder.parameters()}
+        return [{"params": [p for p in self.parameters() if id(p) not in own], "lr": lr},
+                {"params": list(encoder.parameters()), "lr": self.config.text_lr}]
 
     def user_vectors(self, history: torch.Tensor, users: torch.Tensor | None = None,
                      all_positions: bool = False) -> torch.Tensor:
