@@ -1,7 +1,8 @@
 """Two-tower retrieval: an item tower over text + ID/attribute features, a user tower over history.
 
 Item features are computed outside the model (`TowerInputs`: frozen text-encoder vectors per
-attribute, padded categorical codes), so the model never sees a dataset. ID and categorical
+attribute, or their token ids when `finetune_text` lets the item tower train its own copy of the
+encoder; padded categorical codes), so the model never sees a dataset. ID and categorical
 features go through one torchrec `EmbeddingBagCollection` per tower. Each item feature becomes a
 `dim` vector; feature masking (SSL) zeroes whole features before the tower's MLP. Both towers
 return unit vectors, so a score is a cosine; the losses live in `recsys.losses`.
