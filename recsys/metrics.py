@@ -1,4 +1,4 @@
-"""Ranking metrics as free functions over numpy arrays.
+"""Ranking and CTR metrics as free functions over numpy arrays.
 
 `ranks` are 0-based positions of each user's single held-out item in the full ranking
 (0 = ranked first). Every function returns the mean over users as a float.
@@ -45,4 +45,97 @@ def _check(ranks: np.ndarray, k: int) -> np.ndarray:
     ranks = np.asarray(ranks)
     if ranks.ndim != 1 or (ranks.size and ranks.min() < 0):
         raise ValueError("ranks must be a 1-d array of non-negative positions")
+    return ranks
+
+
+# CTR metrics: `labels` (n,) in {0, 1}, `scores` (n,) any real scores (AUC) or probabilities
+# (log loss, calibration).
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties = 1/2.
+
+    Computed from average ranks (Mann-Whitney U). Needs both classes.
+    """
+    labels, scores = _check_ctr(labels, scores)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"AUC needs both classes, got {positives} positives and {negatives} "
+                         "negatives")
+    ranks = _average_ranks(scores)
+    u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
+def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Mean per-group AUC (per user or impression), weighted by the group's row count.
+
+    Groups with a single class have no AUC and are skipped; NaN if no group has both classes.
+    """
+    labels, scores = _check_ctr(labels, scores)
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups {groups.shape} and labels {labels.shape} differ in shape")
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1
+    total, weight = 0.0, 0
+    for rows in np.split(order, bounds):
+        positives = labels[rows].sum()
+        if 0 < positives < len(rows):
+            total += len(rows) * auc(labels[rows], scores[rows])
+            weight += len(rows)
+    return float(total / weight) if weight else float("nan")
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy; probabilities are clipped to [eps, 1 - eps]."""
+    labels, probs = _check_ctr(labels, probs)
+    if probs.min() < 0 or probs.max() > 1:
+        raise ValueError("log loss needs probabilities in [0, 1]")
+    p = np.clip(probs, eps, 1 - eps)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def calibration_table(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict:
+    """Predicted vs observed positive rate in `bins` equal-count bins of the predictions (deciles).
+
+    Rows are sorted by probability (stable) and cut into `bins` parts of near-equal size. Returns
+    `count`, `predicted` (mean probability), `observed` (positive rate), each (bins,), and `ece`:
+    the count-weighted mean |predicted - observed|.
+    """
+    labels, probs = _check_ctr(labels, probs)
+    if bins <= 0 or bins > len(labels):
+        raise ValueError(f"bins must be in [1, {len(labels)}], got {bins}")
+    parts = np.array_split(np.argsort(probs, kind="stable"), bins)
+    count = np.array([len(p) for p in parts])
+    predicted = np.array([probs[p].mean() for p in parts])
+    observed = np.array([labels[p].mean() for p in parts])
+    ece = float(np.sum(count * np.abs(predicted - observed)) / count.sum())
+    return {"count": count, "predicted": predicted, "observed": observed, "ece": ece}
+
+
+def _check_ctr(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be equal 1-d")
+    if not labels.size:
+        raise ValueError("no rows")
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return labels, scores
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks; tied values share the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]  # exclusive
+    mean_rank = (starts + 1 + ends) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(mean_rank, ends - starts)
     return ranks

@@ -3,7 +3,16 @@ import math
 import numpy as np
 import pytest
 
-from recsys.metrics import coverage, mrr_at_k, ndcg_at_k, recall_at_k
+from recsys.metrics import (
+    auc,
+    calibration_table,
+    coverage,
+    grouped_auc,
+    log_loss,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+)
 
 RANKS = np.array([0, 2, 9, 10, 49])  # 0-based positions of five users' targets
 
@@ -35,3 +44,56 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError):
         ndcg_at_k(np.array([-1]), 10)
     assert recall_at_k(np.array([], dtype=np.int64), 10) == 0.0
+
+
+# CTR metrics
+
+
+def test_auc_by_hand_with_a_tie():
+    labels = np.array([1, 0, 1, 0, 1])
+    scores = np.array([0.9, 0.8, 0.8, 0.1, 0.3])
+    # positive-negative pairs: (0.9 > 0.8, 0.9 > 0.1), (0.8 = 0.8 -> 1/2, 0.8 > 0.1),
+    # (0.3 < 0.8, 0.3 > 0.1): 4.5 of 6
+    assert auc(labels, scores) == pytest.approx(4.5 / 6)
+    assert auc(labels, -scores) == pytest.approx(1.5 / 6)
+    assert auc(np.array([0, 1]), np.array([2.0, 2.0])) == pytest.approx(0.5)
+
+
+def test_grouped_auc_weights_groups_by_rows_and_skips_single_class_groups():
+    labels = np.array([1, 0, 0, 1, 0, 1, 1])
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.5, 0.6])
+    groups = np.array(["a", "a", "b", "b", "b", "c", "c"])
+    # a: 1.0 (2 rows); b: positive 0.2 vs 0.8, 0.3 -> 0.0 (3 rows); c: one class, skipped
+    assert grouped_auc(labels, scores, groups) == pytest.approx((2 * 1.0 + 3 * 0.0) / 5)
+    assert np.isnan(grouped_auc(np.array([1, 1]), np.array([0.1, 0.2]), np.array([0, 0])))
+
+
+def test_log_loss_by_hand_and_clipping():
+    labels = np.array([1, 0])
+    probs = np.array([0.8, 0.4])
+    assert log_loss(labels, probs) == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
+    assert log_loss(np.array([1]), np.array([0.0])) == pytest.approx(-math.log(1e-7))
+
+
+def test_calibration_table_by_deciles():
+    probs = np.arange(20) / 20  # 0.0 .. 0.95, two rows per decile
+    labels = np.array([0, 0] * 5 + [1, 1] * 5)
+    table = calibration_table(labels, probs, bins=10)
+    np.testing.assert_array_equal(table["count"], [2] * 10)
+    np.testing.assert_allclose(table["predicted"], (np.arange(10) * 2 + 0.5) / 20)
+    np.testing.assert_array_equal(table["observed"], [0] * 5 + [1] * 5)
+    want = np.mean(np.abs(table["predicted"] - table["observed"]))
+    assert table["ece"] == pytest.approx(want)
+
+
+def test_ctr_metrics_reject_bad_input():
+    with pytest.raises(ValueError, match="both classes"):
+        auc(np.array([1, 1]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        auc(np.array([1, 2]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="NaN"):
+        auc(np.array([1, 0]), np.array([np.nan, 0.2]))
+    with pytest.raises(ValueError, match="probabilities"):
+        log_loss(np.array([1, 0]), np.array([1.5, 0.2]))
+    with pytest.raises(ValueError, match="shape|1-d"):
+        grouped_auc(np.array([1, 0]), np.array([0.1, 0.2]), np.array([0]))
