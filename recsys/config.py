@@ -114,6 +114,8 @@ class RerankerConfig:
     dim: int = 16  # embedding size of each sparse feature (ID and attribute bags)
     user_ids: bool = True  # user-ID bag (users unseen in training read an empty bag)
     item_ids: bool = True  # item-ID bag (items unseen in training read an empty bag)
+    user_id_dropout: float = 0.0  # training share of rows shown without the user ID (as new users)
+    item_id_dropout: float = 0.0  # training share of rows shown without the item ID (as new items)
     user_categorical: tuple[str, ...] = ()  # user attributes (users.parquet) as ID bags
     categorical: tuple[str, ...] = ()  # item attributes as ID bags through torchrec
     max_values: int = 16  # values kept per categorical attribute

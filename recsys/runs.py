@@ -1,4 +1,9 @@
-"""Data and models of a run: load the split, build the model it needs, reload a finished run."""
+"""Data and models of a run: load the split, build the model it needs, reload a finished run.
+
+Retrieval models train on the leave-one-out `Split` and are selected on valid NDCG@10; the
+reranker (a CTR model) trains on a temporal `CtrSplit` and is selected on valid AUC. The
+functions here hide that difference from the one training loop.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,12 @@ from torch import nn
 from features.masking import attribute_codes, mutual_information
 from recsys.checkpoint import load_weights, read_checkpoint
 from recsys.config import Config, config_from_dict
+from recsys.ctr_eval import SELECT as CTR_SELECT
+from recsys.ctr_eval import evaluate_ctr, write_calibration
+from recsys.ctr_inputs import build_reranker_inputs
+from recsys.ctr_task import CtrTask
 from recsys.data import ensure_dataset, load_dataset
+from recsys.data.ctr import CtrSplit, ctr_split
 from recsys.data.schema import Dataset
 from recsys.data.split import Split, leave_one_out
 from recsys.evaluate import evaluate
@@ -20,16 +30,25 @@ from recsys.tasks import NextItemTask, TwoTowerTask
 from recsys.tower_inputs import build_tower_inputs
 
 
-def load_data(config: Config) -> tuple[Dataset, Split]:
-    """Prepare the dataset if needed, load and validate it, and split it leave-one-out."""
+def load_data(config: Config) -> tuple[Dataset, Split | CtrSplit]:
+    """Prepare the dataset if needed, load and validate it, and split it: leave-one-out, or
+    labelled and by time for the reranker (`data.ctr`)."""
     data = config.data
     dataset = load_dataset(ensure_dataset(data.source, data.raw, data.dir, data.mapping))
+    if config.model.name == "reranker":
+        ctr = data.ctr
+        return dataset, ctr_split(dataset.interactions, dataset.items["item_id"],
+                                  ctr.positive_min, ctr.negative_max, ctr.valid_from,
+                                  ctr.test_from, config.model.reranker.max_len)
     split = leave_one_out(dataset.interactions, dataset.items["item_id"], data.cold_items)
     return dataset, split
 
 
 def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
     """A freshly initialised model of `config.model` for this data (seed the RNG first)."""
+    if config.model.name == "reranker":
+        inputs = build_reranker_inputs(config.model.reranker, dataset.items, dataset.users, split)
+        return build_model(config.model, split.n_items, inputs=inputs)
     counts = torch.as_tensor(split.train_item_counts)
     inputs = None
     if config.model.name == "two_tower":
@@ -39,7 +58,9 @@ def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
 
 
 def training_task(config: Config, dataset: Dataset, split: Split, model: nn.Module):
-    """The batches and loss that train `model` (see recsys.tasks)."""
+    """The batches and loss that train `model` (see recsys.tasks, recsys.ctr_task)."""
+    if config.model.name == "reranker":
+        return CtrTask(split.train, config.train.batch_size)
     if config.model.name == "two_tower":
         nmi = None
         if config.model.two_tower.masking.kind == "correlated":
@@ -53,7 +74,28 @@ def item_feature_nmi(dataset: Dataset, features: tuple[str, ...]) -> np.ndarray:
     return mutual_information(attribute_codes(dataset.items, features))
 
 
-def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split]:
+def evaluate_model(config: Config, model: nn.Module, split: Split | CtrSplit,
+                   which: str) -> dict[str, float]:
+    """The run's metrics on `which` ("valid" or "test"): ranking metrics, or CTR metrics."""
+    if config.model.name == "reranker":
+        return evaluate_ctr(model, split, which)
+    return evaluate(model, split, which, config.eval)
+
+
+def selection_metric(config: Config) -> str:
+    """The validation metric (higher is better) that picks the best epoch and stops early."""
+    return CTR_SELECT if config.model.name == "reranker" else "ndcg@10"
+
+
+def run_artifacts(config: Config, model: nn.Module, split: Split | CtrSplit,
+                  folder: Path) -> list[Path]:
+    """Model-kind specific files of a finished run (the test calibration of a CTR model)."""
+    if config.model.name == "reranker":
+        return write_calibration(model, split, "test", folder)
+    return []
+
+
+def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split | CtrSplit]:
     """Rebuild a checkpoint's model (in eval mode) with the data it was trained on."""
     config = config_from_dict(read_checkpoint(Path(checkpoint))["config"])
     dataset, split = load_data(config)
@@ -66,4 +108,4 @@ def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split]:
 def evaluate_run(run_dir: str | Path, which: str = "test") -> dict[str, float]:
     """Metrics of a run's best checkpoint on `which` ("valid" or "test"), from the run dir alone."""
     model, config, split = load_run(Path(run_dir) / "checkpoint" / "best")
-    return evaluate(model, split, which, config.eval)
+    return evaluate_model(config, model, split, which)

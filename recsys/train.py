@@ -22,10 +22,17 @@ from recsys import tracking
 from recsys.atomic import write_json, write_text
 from recsys.checkpoint import has_checkpoint, load_weights, restore_training, save_checkpoint
 from recsys.config import Config, config_from_dict, config_to_dict
+from recsys.data.ctr import CtrSplit
 from recsys.data.split import Split
-from recsys.evaluate import evaluate
 from recsys.plots import training_curve
-from recsys.runs import load_data, new_model, training_task
+from recsys.runs import (
+    evaluate_model,
+    load_data,
+    new_model,
+    run_artifacts,
+    selection_metric,
+    training_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,9 @@ class RunResult:
 
 def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     """Train `config.model`, validate every `eval_every` epochs, stop early, test the best.
+
+    The best epoch is the one with the highest validation `selection_metric(config)`: NDCG@10
+    for retrieval models, AUC for the reranker.
 
     With `resume` (a run dir) the run's own config and last checkpoint are used instead.
     """
@@ -54,8 +64,9 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
                  else [p for p in model.parameters() if p.requires_grad])
     optimizer = (torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
                  if trainable else None)
-    state = {"epoch": 0, "step": 0, "best_ndcg": -1.0, "best_epoch": 0, "bad_evals": 0,
-             "history": [], "n_items": split.n_items, "done": False}
+    state = {"epoch": 0, "step": 0, "best_valid": -float("inf"), "best_epoch": 0,
+             "bad_evals": 0, "selection": selection_metric(config), "history": [],
+             "n_items": split.n_items, "done": False}
 
     run_id = Path(resume).name if resume is not None else None
     with tracking.start_run(config.tracking, run_id=run_id, name=config.model.name) as run:
@@ -67,6 +78,9 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
             run_dir = Path(resume)
             if has_checkpoint(run_dir / "checkpoint" / "last"):
                 state = restore_training(run_dir / "checkpoint" / "last", model, optimizer)
+                if "best_ndcg" in state:  # written before the selection metric was named
+                    state["best_valid"] = state.pop("best_ndcg")
+                    state["selection"] = "ndcg@10"
                 log.info("resumed %s at epoch %d", run_dir, state["epoch"])
         if optimizer is not None and not state["done"]:
             task = training_task(config, dataset, split, model)
@@ -74,9 +88,10 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
         return _finish(model, split, config, run_dir, state)
 
 
-def _train_epochs(model, optimizer, task, split: Split, config: Config, run_dir: Path,
-                  state: dict):
+def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Config,
+                  run_dir: Path, state: dict):
     cfg = config.train
+    select = state["selection"]
     epochs = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs,
                   desc="train", unit="epoch", disable=None)
     for epoch in epochs:
@@ -85,10 +100,10 @@ def _train_epochs(model, optimizer, task, split: Split, config: Config, run_dir:
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
         state["step"] += len(task)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            valid = evaluate(model, split, "valid", config.eval)
+            valid = evaluate_model(config, model, split, "valid")
             record.update({f"valid_{k}": v for k, v in valid.items()})
-            if valid["ndcg@10"] > state["best_ndcg"]:
-                state.update(best_ndcg=valid["ndcg@10"], best_epoch=epoch + 1, bad_evals=0)
+            if valid[select] > state["best_valid"]:
+                state.update(best_valid=valid[select], best_epoch=epoch + 1, bad_evals=0)
                 save_checkpoint(run_dir / "checkpoint" / "best", model, None, state, config)
             else:
                 state["bad_evals"] += 1
@@ -97,9 +112,9 @@ def _train_epochs(model, optimizer, task, split: Split, config: Config, run_dir:
         state["done"] = state["bad_evals"] >= cfg.patience or epoch + 1 == cfg.epochs
         tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
         save_checkpoint(run_dir / "checkpoint" / "last", model, optimizer, state, config)
-        epochs.set_postfix(loss=f"{loss:.4f}", best_ndcg10=f"{state['best_ndcg']:.4f}")
-        log.info("epoch %d loss %.4f valid ndcg@10 %s", epoch + 1, loss,
-                 record.get("valid_ndcg@10", "-"))
+        epochs.set_postfix(loss=f"{loss:.4f}", **{f"best_{select}": f"{state['best_valid']:.4f}"})
+        log.info("epoch %d loss %.4f valid %s %s", epoch + 1, loss, select,
+                 record.get(f"valid_{select}", "-"))
         if state["done"]:
             break
     return state
@@ -121,7 +136,8 @@ def _one_epoch(model: nn.Module, optimizer, task, epoch: int) -> float:
     return total / max(len(task), 1)
 
 
-def _finish(model, split: Split, config: Config, run_dir: Path, state: dict) -> RunResult:
+def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
+            state: dict) -> RunResult:
     """Test the best checkpoint, write metrics.json and the curve, log both to MLflow."""
     best = run_dir / "checkpoint" / "best"
     if has_checkpoint(best):
@@ -134,15 +150,19 @@ def _finish(model, split: Split, config: Config, run_dir: Path, state: dict) -> 
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
         "train_seconds": sum(r["seconds"] for r in state["history"]),
-        "valid": evaluate(model, split, "valid", config.eval),
-        "test": evaluate(model, split, "test", config.eval),
+        "selection": f"valid {state['selection']}",
+        "valid": evaluate_model(config, model, split, "valid"),
+        "test": evaluate_model(config, model, split, "test"),
     }
     write_json(run_dir / "metrics.json", metrics)
     tracking.log_metrics(metrics["test"], prefix="test_")
     tracking.log_metrics({"best_epoch": state["best_epoch"], "epochs": state["epoch"]})
     tracking.log_file(run_dir / "metrics.json")
     if state["history"]:
-        tracking.log_file(training_curve(state["history"], run_dir / "training_curve.png"))
+        tracking.log_file(training_curve(state["history"], run_dir / "training_curve.png",
+                                         state["selection"]))
+    for path in run_artifacts(config, model, split, run_dir):
+        tracking.log_file(path)
     return RunResult(run_id=run_dir.name, run_dir=run_dir, metrics=metrics)
 
 
