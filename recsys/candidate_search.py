@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -30,13 +31,20 @@ class Catalogue:
     items: np.ndarray  # (m,) item index of each index row
     offered: np.ndarray  # (n_items + 1,) bool: the item is in the index
 
+    @cached_property
+    def row_items(self) -> np.ndarray:
+        """(m + 1,) item index of each index row, then PAD: row -1 (no result) maps to PAD."""
+        return np.append(self.items, PAD)
+
 
 def build_catalogue(vectors: np.ndarray, items: np.ndarray, cfg: ExportConfig) -> Catalogue:
     """Index the offered `items` (m,) (1-based item indices) of `vectors` (n_items, dim), where
-    row i is item index i + 1, with `cfg.index` and `cfg.metric`."""
+    row i is item index i + 1, with `cfg.index`, `cfg.metric` and the search parameters set."""
     offered = np.zeros(len(vectors) + 1, dtype=bool)
     offered[items] = True
-    return Catalogue(ann.build_index(vectors[items - 1], cfg.index, cfg.metric), items, offered)
+    index = ann.build_index(vectors[items - 1], cfg.index, cfg.metric)
+    ann.set_search_params(index, nprobe=cfg.nprobe, ef_search=cfg.ef_search)  # once, not per search
+    return Catalogue(index, items, offered)
 
 
 def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
@@ -47,83 +55,101 @@ def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], n
     `batches` yields, per batch of B users: their vectors (B, dim), their seen item indices
     (B arrays) and their raw ids (B,); `item_ids` (n_items,) are the raw ids of item indices
     1..n_items (a pyarrow string array saves converting them on every call). The export's work
-    after the model: search, drop the seen, build the table.
+    after the model: search, drop the seen, build the table. The users one search per batch
+    left short are searched again together, once per part: each search call waits for its
+    slowest thread, so few calls beat a small second call per batch on a busy machine.
     """
     if not isinstance(item_ids, pa.Array):
         item_ids = pa.array(item_ids, pa.string())
-    tables, short, users = [], 0, 0
+    done, retry = [], []  # per batch (ids, items, scores); (batch, positions, queries, seen)
     for queries, seen, ids in batches:
-        found, scores = top_unseen(queries, seen, catalogue, cfg)
-        keep = found != PAD  # (B, K)
-        short += int((keep.sum(axis=1) < cfg.k).sum())
-        user, col = np.nonzero(keep)  # row-major: users in order, best first
-        tables.append(pa.table({
-            "user_id": pa.array(ids, pa.string()).take(user),
-            "rank": pa.array(col + 1, pa.int32()),
-            "item_id": item_ids.take(found[keep] - 1),
-            "score": pa.array(scores[keep], pa.float32()),
-            "stage": pa.repeat(pa.scalar(STAGE, pa.string()), len(user)),
-        }, schema=SCHEMA))
-        users += len(queries)
+        found, scores, short = top_unseen(queries, seen, catalogue, cfg)
+        done.append((ids, found, scores))
+        if len(short):
+            retry.append((len(done) - 1, short, queries[short], [seen[i] for i in short]))
         if bar is not None:
             bar.update(len(queries))
-    return pa.concat_tables(tables).replace_schema_metadata(
-        {"recsys.short_users": str(short), "recsys.users": str(users)})
+    if retry:  # as wide as the most of them need: nobody is left short for want of width
+        found, scores, _ = top_unseen(np.concatenate([r[2] for r in retry]),
+                                      [h for r in retry for h in r[3]], catalogue, cfg, 1.0)
+        start = 0
+        for batch, short, _, _ in retry:
+            done[batch][1][short] = found[start:start + len(short)]
+            done[batch][2][short] = scores[start:start + len(short)]
+            start += len(short)
+    short = sum(int((found[:, -1] == PAD).sum()) for _, found, _ in done)
+    table = pa.concat_tables([_rows(ids, found, scores, item_ids) for ids, found, scores in done])
+    return table.replace_schema_metadata(
+        {"recsys.short_users": str(short), "recsys.users": str(sum(len(d[0]) for d in done))})
+
+
+def _rows(ids: np.ndarray, found: np.ndarray, scores: np.ndarray, item_ids: pa.Array) -> pa.Table:
+    """The rows of B users (raw ids (B,)) from their items (B, K) (PAD = none) and scores."""
+    keep = found != PAD  # (B, K)
+    user, col = np.nonzero(keep)  # row-major: users in order, best first
+    return pa.table({
+        "user_id": pa.array(ids, pa.string()).take(user),
+        "rank": pa.array((col + 1).astype(np.int32)),
+        "item_id": item_ids.take(found[keep] - 1),
+        "score": pa.array(scores[keep]),
+        "stage": pa.repeat(pa.scalar(STAGE, pa.string()), len(user)),
+    }, schema=SCHEMA)
 
 
 def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: Catalogue,
-               cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K unseen items per query (B, dim): item indices (B, K), PAD where fewer, scores (B, K).
+               cfg: ExportConfig,
+               quantile: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-K unseen items per query (B, dim) from one search: item indices (B, K), PAD where
+    fewer, scores (B, K), and the positions (s,) of the users left short of K who need more.
 
-    A user's K unseen are among the first K + (their count of seen items the index holds)
-    results. One search fetches what 90% of the batch need; the users it leaves short of K who
-    need more are searched again, fetching what the most of them need. So the few long histories
-    do not make every user's search wide. With Flat, IVF and PQ indexes (the top n results are
-    the start of the top n' > n) that is the result of one search as wide as the largest need;
-    HNSW searches at least `fetch` wide, so there a second search may find slightly different.
+    A user's K unseen are among the first `need` = K + (their count of seen items the index
+    holds) results. The search fetches what `quantile` of the batch need, at least as many as
+    the index explores anyway (`ann.free_width`): so the few long histories do not make every
+    user's search wide, and `quantile` 1 leaves nobody short for want of width. With Flat, IVF
+    and PQ indexes (the top n results are the start of the top n' > n) searching the short
+    users again wider gives the result of one search as wide as the largest need; HNSW
+    searches at least efSearch wide, so there a second search may find slightly different.
     """
-    width = len(catalogue.offered)  # pair key = batch position * width + item index
+    seen, hot, seen_offered = _seen_pairs(histories, catalogue)
+    need = np.minimum(cfg.k + seen_offered, len(catalogue.items))  # (B,)
+    fetch = min(max(int(np.quantile(need, quantile, method="higher")),
+                    ann.free_width(catalogue.index, cfg.k)), len(catalogue.items))
+    scores, rows = ann.search(catalogue.index, queries, fetch, metric=cfg.metric)  # (B, fetch)
+    found, best, kept = _keep_unseen(scores, rows, seen, hot, catalogue, cfg.k)
+    return found, best, np.flatnonzero((kept < cfg.k) & (need > fetch))
+
+
+def _seen_pairs(histories: Sequence[np.ndarray],
+                catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's seen items: sorted distinct pair keys position * (n_items + 1) + item (S,),
+    whether anyone in the batch saw each item (n_items + 1,), and per user how many of their
+    seen items the index holds (B,)."""
+    width = len(catalogue.offered)
     lengths = np.fromiter(map(len, histories), np.int64, len(histories))  # (B,)
-    seen = np.unique(np.repeat(np.arange(len(histories)) * width, lengths)
-                     + np.concatenate(histories))  # (S,) sorted pair keys
-    hot = np.zeros(width, dtype=bool)  # (n_items + 1,) seen by someone in the batch
+    pairs = np.sort(np.repeat(np.arange(len(histories)) * width, lengths)
+                    + np.concatenate(histories))  # (S',) with repeats
+    seen = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]  # (S,) cheaper than unique
+    hot = np.zeros(width, dtype=bool)  # (n_items + 1,)
     hot[seen % width] = True
-    seen_offered = np.bincount(seen // width, weights=catalogue.offered[seen % width],
-                               minlength=len(queries))  # (B,)
-    need = np.minimum(cfg.k + seen_offered.astype(np.int64), len(catalogue.items))  # (B,)
-    top_items = np.full((len(queries), cfg.k), PAD, dtype=np.int64)  # (B, K)
-    top_scores = np.zeros((len(queries), cfg.k), dtype=np.float32)  # (B, K)
-    users = np.arange(len(queries))  # (n,) batch positions still to search
-    fetch = int(np.quantile(need, 0.9, method="higher"))
-    while len(users):
-        asked = queries if len(users) == len(queries) else queries[users]  # (n, dim)
-        scores, rows = ann.search(catalogue.index, asked, fetch, nprobe=cfg.nprobe,
-                                  ef_search=cfg.ef_search, metric=cfg.metric)  # (n, fetch)
-        kept = _keep_unseen(users, scores, rows, seen, hot, catalogue, cfg.k,
-                            top_items, top_scores)  # (n,)
-        users = users[(kept < cfg.k) & (need[users] > fetch)]
-        fetch = int(need[users].max()) if len(users) else 0
-    return top_items, top_scores
+    offered = np.bincount(seen // width, weights=catalogue.offered[seen % width],
+                          minlength=len(histories)).astype(np.int64)  # (B,)
+    return seen, hot, offered
 
 
-def _keep_unseen(users: np.ndarray, scores: np.ndarray, rows: np.ndarray, seen: np.ndarray,
-                 hot: np.ndarray, catalogue: Catalogue, k: int, top_items: np.ndarray,
-                 top_scores: np.ndarray) -> np.ndarray:
-    """Write the best k unseen of the search results (n, fetch) of batch positions `users` (n,)
-    into their rows of `top_items` / `top_scores` (B, k); return how many each kept (n,).
-    `seen` (S,) are the batch's sorted (position, item) pair keys, `hot` its seen items."""
-    found = np.where(rows >= 0, catalogue.items[rows], PAD)  # (n, fetch) item indices
-    ok = found != PAD  # (n, fetch)
+def _keep_unseen(scores: np.ndarray, rows: np.ndarray, seen: np.ndarray, hot: np.ndarray,
+                 catalogue: Catalogue, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best k unseen of search results (B, fetch): item indices (B, k) (PAD where fewer),
+    scores (B, k) and how many each kept (B,). `seen` (S,) are the batch's sorted (position,
+    item) pair keys, `hot` its seen items."""
+    found = catalogue.row_items[rows]  # (B, fetch) item indices, PAD for row -1 (no result)
+    ok = found != PAD  # (B, fetch)
     user, col = np.nonzero(hot[found])  # results that someone in the batch has seen
     if len(user):  # drop the user's own seen: look each pair up in `seen`
-        pairs = users[user] * len(hot) + found[user, col]
+        pairs = user * len(hot) + found[user, col]
         ok[user, col] &= seen[np.minimum(np.searchsorted(seen, pairs), len(seen) - 1)] != pairs
-    rank = np.cumsum(ok, axis=1)  # (n, fetch) 1-based rank among the kept
-    ok &= rank <= k
-    user, _ = np.nonzero(ok)
-    items = np.full((len(users), k), PAD, dtype=np.int64)  # (n, k)
-    best = np.zeros((len(users), k), dtype=np.float32)  # (n, k)
-    items[user, rank[ok] - 1] = found[ok]
-    best[user, rank[ok] - 1] = scores[ok]
-    top_items[users], top_scores[users] = items, best
-    return ok.sum(axis=1)
+    first = np.argsort(~ok, axis=1, kind="stable")  # (B, fetch) kept columns first, in order
+    first = np.pad(first[:, :k], ((0, 0), (0, max(0, k - first.shape[1]))))  # (B, k)
+    kept = np.minimum(ok.sum(axis=1), k)  # (B,)
+    valid = np.arange(k) < kept[:, None]  # (B, k)
+    items = np.where(valid, np.take_along_axis(found, first, axis=1), PAD)
+    return items, np.where(valid, np.take_along_axis(scores, first, axis=1), 0), kept

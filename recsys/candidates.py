@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 
 JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"
 PART_DELAY_ENV = "RECSYS_EXPORT_PART_DELAY"  # test-only: seconds to sleep after each part
+# dictionary-encode the columns with few distinct values per part (user_id repeats K times);
+# compress only item_id: scores do not compress, and the dictionary columns are small already
+PARQUET_OPTIONS = {
+    "use_dictionary": ["user_id", "rank", "stage"],
+    "compression": {"user_id": "none", "rank": "none", "item_id": "snappy", "score": "none",
+                    "stage": "none"},
+}
 
 
 def export_candidates(
@@ -244,7 +251,8 @@ def write_part(path: Path, table: pa.Table, job: str) -> None:
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     try:
         with atomic_path(path) as tmp:
-            pq.write_table(table.replace_schema_metadata({**meta, "recsys.job": job}), tmp)
+            pq.write_table(table.replace_schema_metadata({**meta, "recsys.job": job}), tmp,
+                           **PARQUET_OPTIONS)
     except OSError as err:
         raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); no part of it "
                       "was kept and no manifest written: free space and rerun the same command "

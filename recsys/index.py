@@ -68,14 +68,28 @@ def search(
         raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, index has {index.d}")
     if not 1 <= k <= index.ntotal:
         raise ValueError(f"k must be in 1..{index.ntotal} (vectors in the index), got {k}")
-    _set_param(index, "nprobe", nprobe)
-    _set_param(index, "efSearch", ef_search)
+    set_search_params(index, nprobe=nprobe, ef_search=ef_search)
     scores = np.empty((len(q), k), dtype=np.float32)  # (m, k)
     rows = np.empty((len(q), k), dtype=np.int64)  # (m, k)
     for start in range(0, len(q), batch_size):
         stop = start + batch_size
         scores[start:stop], rows[start:stop] = index.search(q[start:stop], k)
     return scores, rows
+
+
+def set_search_params(index: faiss.Index, *, nprobe: int | None = None,
+                      ef_search: int | None = None) -> None:
+    """Set `nprobe` (IVF) / `efSearch` (HNSW) on `index` where given (None = keep); an index
+    without that parameter ignores it. Costs about a millisecond: set once, then search."""
+    _set_param(index, "nprobe", nprobe)
+    _set_param(index, "efSearch", ef_search)
+
+
+def free_width(index: faiss.Index, k: int) -> int:
+    """The most results a search can return for the cost of `k`: an HNSW index explores
+    efSearch candidates whatever k <= efSearch, other indexes pay for every result."""
+    hnsw = getattr(index, "hnsw", None)
+    return max(k, hnsw.efSearch) if hnsw is not None else k
 
 
 def exact_search(
