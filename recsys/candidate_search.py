@@ -149,7 +149,7 @@ def _keep_unseen(scores: np.ndarray, rows: np.ndarray, seen: np.ndarray, hot: np
         ok[user, col] &= seen[np.minimum(np.searchsorted(seen, pairs), len(seen) - 1)] != pairs
     first = np.argsort(~ok, axis=1, kind="stable")  # (B, fetch) kept columns first, in order
     first = np.pad(first[:, :k], ((0, 0), (0, max(0, k - first.shape[1]))))  # (B, k)
+    first += np.arange(0, found.size, found.shape[1])[:, None]  # flat positions: cheaper take
     kept = np.minimum(ok.sum(axis=1), k)  # (B,)
     valid = np.arange(k) < kept[:, None]  # (B, k)
-    items = np.where(valid, np.take_along_axis(found, first, axis=1), PAD)
-    return items, np.where(valid, np.take_along_axis(scores, first, axis=1), 0), kept
+    return np.where(valid, found.take(first), PAD), np.where(valid, scores.take(first), 0), kept

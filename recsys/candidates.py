@@ -45,11 +45,13 @@ log = logging.getLogger(__name__)
 JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"
 PART_DELAY_ENV = "RECSYS_EXPORT_PART_DELAY"  # test-only: seconds to sleep after each part
 # dictionary-encode the columns with few distinct values per part (user_id repeats K times);
-# compress only item_id: scores do not compress, and the dictionary columns are small already
+# compress only item_id: scores do not compress, and the dictionary columns are small already;
+# min/max statistics for user_id only (a reader looking for a user can skip parts by them)
 PARQUET_OPTIONS = {
     "use_dictionary": ["user_id", "rank", "stage"],
     "compression": {"user_id": "none", "rank": "none", "item_id": "snappy", "score": "none",
                     "stage": "none"},
+    "write_statistics": ["user_id"],
 }
 
 

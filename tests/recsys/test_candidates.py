@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from recsys import candidates
+from recsys.candidate_search import build_catalogue, candidates_table
 from recsys.candidates import export_candidates
 from recsys.cli import main
+from recsys.config import ExportConfig
 from recsys.export import full_histories, user_vectors
 from recsys.runs import load_run
 from recsys.train import fit
@@ -264,3 +266,30 @@ def test_torchrun_with_two_processes_writes_the_single_process_export(run, tmp_p
     export_candidates(run, tmp_path / "one", k=5, part_users=10, batch_users=4)
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
     assert len(_frame(tmp_path / "two")) == 600
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat"])
+def test_candidates_table_is_the_exact_top_k_unseen_with_long_histories(spec):
+    """Histories long enough that one search per batch leaves users short: the part's second
+    search must give what one search as wide as the largest need gives (exact here)."""
+    rng = np.random.default_rng(0)
+    items, users = rng.standard_normal((400, 16)).astype(np.float32), 300
+    queries = rng.standard_normal((users, 16)).astype(np.float32)
+    liked = np.argsort(-(queries @ items.T), axis=1) + 1  # (users, 400) best item first
+    seen = [np.append(liked[u, :n], rng.integers(1, 401, size=n // 4))  # the best n, and some
+            for u, n in enumerate(rng.integers(0, 150, size=users))]  # repeats count once
+    cfg = ExportConfig(k=100, index=spec, nprobe=8)
+    catalogue = build_catalogue(items, np.arange(1, 401), cfg)
+    ids = np.array([f"u{i}" for i in range(users)], dtype=object)
+    batches = ((queries[s:s + 64], seen[s:s + 64], ids[s:s + 64]) for s in range(0, users, 64))
+    table = candidates_table(batches, np.array([f"i{i}" for i in range(1, 401)], dtype=object),
+                             catalogue, cfg)
+    full = queries @ items.T
+    for row, history in enumerate(seen):
+        full[row, history - 1] = -np.inf
+    best = np.argsort(-full, axis=1, kind="stable")[:, :100]  # (users, k) item rows
+    assert table.column("user_id").to_pylist() == list(np.repeat(ids, 100))
+    assert table.column("item_id").to_pylist() == [f"i{i + 1}" for i in best.ravel()]
+    np.testing.assert_allclose(table.column("score").to_numpy(),
+                               np.take_along_axis(full, best, axis=1).ravel(), rtol=1e-4, atol=1e-4)
+    assert table.schema.metadata[b"recsys.short_users"] == b"0"
