@@ -94,7 +94,6 @@ class TwoTowerConfig:
     max_values: int = 16  # values kept per categorical attribute of an item
     history: Literal["mean", "transformer"] = "mean"  # mean, or a transformer read at the newest
     history_layers: int = 1  # transformer blocks when history = "transformer"
-    all_positions: bool = False  # train on every position of a history window at once (causal)
     hidden: int = 256  # hidden width of each tower's MLP
     dropout: float = 0.1  # dropout inside the towers' MLPs
     temperature: float = 0.05  # softmax temperature of the retrieval loss (vectors are unit length)

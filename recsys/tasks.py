@@ -51,10 +51,8 @@ class TwoTowerTask:
     """(history prefix, next item) examples, sampled softmax with logQ, optional SSL masking.
 
     Every position t >= 1 of a user's training sequence is one example: the user tower reads the
-    items before t, the item at t is the positive. By default an example is one prefix; with
-    `all_positions` it is a window of the history (as for SASRec) whose prefixes a causal user
-    tower reads in one pass. Negatives are the other positives of the batch plus
-    `uniform_negatives` items drawn uniformly; the SSL loss reads its own uniform items.
+    items before t, the item at t is the positive. Negatives are the other positives of the batch
+    plus `uniform_negatives` items drawn uniformly; the SSL loss reads its own uniform items.
     """
 
     def __init__(self, config: TwoTowerConfig, split: Split, batch_size: int,
@@ -64,20 +62,11 @@ class TwoTowerTask:
         self.n_items = split.n_items
         self.batch_size = batch_size
         self.nmi = nmi
-        if config.all_positions:
-            self.windows = [training_windows([items], config.max_len) for items in split.train]
-            self.rows = np.repeat(np.arange(len(self.windows)), [len(w) for w in self.windows])
-            self.windows = [w for user in self.windows for w in user]
-            self.lengths = np.array([len(w) - 1 for w in self.windows])
-            per_step = self.lengths.sum() / max(len(self), 1)  # positives of one step
-        else:
-            lengths = np.array([len(s) for s in split.train])
-            self.rows = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
-            self.ends = np.concatenate([np.arange(1, n) for n in lengths] + [np.zeros(0, np.int64)])
-            self.lengths = np.minimum(self.ends, config.max_len)
-            per_step = batch_size
+        lengths = np.array([len(s) for s in split.train])
+        self.rows = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
+        self.ends = np.concatenate([np.arange(1, n) for n in lengths] + [np.zeros(0, np.int64)])
         self.log_q = torch.as_tensor(
-            _log_inclusion(split.train_item_counts, per_step, config.uniform_negatives),
+            _log_inclusion(split.train_item_counts, batch_size, config.uniform_negatives),
             dtype=torch.float32)
         if config.masking.kind == "correlated" and nmi is None:
             raise ValueError("correlated feature masking needs the feature NMI matrix")
@@ -86,34 +75,23 @@ class TwoTowerTask:
         return -(-len(self.rows) // self.batch_size)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(history (batch, L), users (batch,), targets (batch,) or, with all_positions,
-        (batch, L) with 0 = no label); similar lengths together."""
+        """(history (batch, L), users (batch,), targets (batch,)), similar lengths together."""
         order = torch.randperm(len(self.rows)).numpy()
-        batches = length_batches(order, self.lengths, self.batch_size)
+        lengths = np.minimum(self.ends, self.config.max_len)
+        batches = length_batches(order, lengths, self.batch_size)
         for b in torch.randperm(len(batches)).tolist():
-            chosen = batches[b]
-            if self.config.all_positions:
-                history, targets = next_item_pairs([self.windows[w] for w in chosen],
-                                                   self.config.max_len)
-            else:
-                rows, ends = self.rows[chosen], self.ends[chosen]
-                history = pad_left([self.train[r][:e] for r, e in zip(rows, ends, strict=True)],
-                                   self.config.max_len)
-                targets = np.array([self.train[r][e] for r, e in zip(rows, ends, strict=True)])
-            yield tuple(map(torch.as_tensor, (history, self.rows[chosen], targets)))
+            rows, ends = self.rows[batches[b]], self.ends[batches[b]]
+            history = pad_left([self.train[r][:e] for r, e in zip(rows, ends, strict=True)],
+                               self.config.max_len)
+            targets = np.array([self.train[r][e] for r, e in zip(rows, ends, strict=True)])
+            yield torch.as_tensor(history), torch.as_tensor(rows), torch.as_tensor(targets)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         history, users, targets = batch
         cfg = self.config
-        if cfg.all_positions:
-            labelled = targets > 0
-            user_vectors = model.user_vectors(history, users, all_positions=True)[labelled]
-            targets = targets[labelled]
-        else:
-            user_vectors = model.user_vectors(history, users)  # (batch, dim)
         negatives = torch.randint(1, self.n_items + 1, (cfg.uniform_negatives,))
         candidates, where = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
-        loss = sampled_softmax(user_vectors, model.item_vectors(candidates),
+        loss = sampled_softmax(model.user_vectors(history, users), model.item_vectors(candidates),
                                where[: len(targets)], cfg.temperature,
                                self.log_q[candidates] if cfg.logq else None)
         if cfg.masking.kind != "none":
@@ -130,7 +108,7 @@ class TwoTowerTask:
                         ssl.temperature)
 
 
-def _log_inclusion(counts: np.ndarray, batch: float, uniform: int) -> np.ndarray:
+def _log_inclusion(counts: np.ndarray, batch: int, uniform: int) -> np.ndarray:
     """(n_items + 1,) log P(item is among the candidates of a step).
 
     An item is a candidate when one of `batch` positives (drawn with the training frequency)

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from recsys.config import SASRecConfig
-from recsys.models.attention import causal_padding_mask
 
 
 class SASRec(nn.Module):
@@ -49,7 +48,7 @@ class SASRec(nn.Module):
         positions = torch.arange(self.max_len - length, self.max_len, device=items.device)
         x = self.item_emb(items) * self.config.dim**0.5 + self.pos_emb(positions)  # (batch, L, dim)
         x = self.dropout(x)
-        x = self.encoder(x, mask=causal_padding_mask(items > 0, self.config.heads))
+        x = self.encoder(x, mask=self._attention_mask(items))
         return self.norm(x)
 
     def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -93,3 +92,13 @@ class SASRec(nn.Module):
             scores = scores + self.repeat * seen
         return scores
 
+    def _attention_mask(self, items: torch.Tensor) -> torch.Tensor:
+        """(batch * heads, L, L) bool, True = blocked: future positions and padding keys.
+
+        Each position may always attend to itself, so rows of pure padding stay finite.
+        """
+        length = items.shape[1]
+        future = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
+        blocked = future.unsqueeze(0) | (items == 0).unsqueeze(1)  # (batch, L, L)
+        blocked &= ~torch.eye(length, dtype=torch.bool, device=items.device)
+        return blocked.repeat_interleave(self.config.heads, dim=0)

@@ -18,7 +18,6 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
 from recsys.config import TwoTowerConfig
-from recsys.models.attention import causal_padding_mask
 from recsys.models.text_encoder import TextEncoder
 
 
@@ -169,33 +168,21 @@ class UserTower(nn.Module):
 
     def forward(self, history: torch.Tensor, present: torch.Tensor,
                 users: torch.Tensor | None) -> torch.Tensor:
-        """history (batch, L, dim) item vectors, present (batch, L) bool -> (batch, dim).
-
-        With `all_positions`, position t reads only items <= t and the result is
-        (batch, L, dim): one user vector per prefix, all from one pass.
-        """
-        pooled = self._pool(history, present)  # (batch, L, dim) or (batch, dim)
+        """history (batch, L, dim) item vectors, present (batch, L) bool -> (batch, dim)."""
+        if self.encoder is not None:
+            length = history.shape[1]
+            history = history + self.positions.weight[self.config.max_len - length:]
+            blocked = ~present | ~present.any(1, keepdim=True)  # all-empty rows attend to all
+            pooled = self.encoder(history, src_key_padding_mask=blocked)[:, -1]  # newest item
+        else:
+            weights = present.float()[..., None]  # (batch, L, 1)
+            pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, dim)
         parts = [pooled]
         if self.bags.count:
             if users is None:
                 raise ValueError("this two-tower model reads user IDs or attributes: pass `users`")
-            for bag in self.bags(users, users).values():  # (batch, dim) each, in table order
-                parts.append(bag.unsqueeze(1).expand_as(pooled) if pooled.dim() == 3 else bag)
-        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
-
-    def _pool(self, history: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        causal = self.config.all_positions
-        if self.encoder is not None:
-            length = history.shape[1]
-            history = history + self.positions.weight[self.config.max_len - length:]
-            if causal:
-                return self.encoder(history, mask=causal_padding_mask(present))
-            blocked = ~present | ~present.any(1, keepdim=True)  # all-empty rows attend to all
-            return self.encoder(history, src_key_padding_mask=blocked)[:, -1]  # newest item
-        weights = present.float()[..., None]  # (batch, L, 1)
-        if causal:  # running mean over the prefix
-            return (history * weights).cumsum(1) / weights.cumsum(1).clamp(min=1.0)
-        return (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (batch, dim)
+            parts += list(self.bags(users, users).values())  # (batch, dim) each, in table order
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
 class TwoTower(nn.Module):
@@ -227,21 +214,14 @@ class TwoTower(nn.Module):
         return [{"params": [p for p in self.parameters() if id(p) not in own], "lr": lr},
                 {"params": list(encoder.parameters()), "lr": self.config.text_lr}]
 
-    def user_vectors(self, history: torch.Tensor, users: torch.Tensor | None = None,
-                     all_positions: bool = False) -> torch.Tensor:
-        """history (batch, L) item indices left-padded with 0, users (batch,) -> (batch, dim).
-
-        `all_positions` (models trained with `config.all_positions`) returns (batch, L, dim): the
-        vector after each prefix of the history.
-        """
-        if all_positions and not self.config.all_positions:
-            raise ValueError("per-position user vectors need a model built with all_positions")
+    def user_vectors(self, history: torch.Tensor,
+                     users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) item indices left-padded with 0, users (batch,) -> (batch, dim)."""
         history = history[:, -self.max_len:]
         present = history > 0
         unique, where = torch.unique(history, return_inverse=True)
         vectors = self.item_tower(unique)[where]  # (batch, L, dim): each distinct item once
-        out = self.user_tower(vectors * present[..., None], present, users)
-        return out if all_positions or not self.config.all_positions else out[:, -1]
+        return self.user_tower(vectors * present[..., None], present, users)
 
     def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """history (batch, L) -> scores (batch, n_items + 1); column 0 (padding) is meaningless."""
