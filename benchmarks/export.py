@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         for key in ("users_per_s", "faiss_users_per_s", "ratio", "peak_rss_mb"):
             result[f"{key}:{c['spec']}"] = c[key]
         result[f"recall@{k}_vs_exact:{c['spec']}"] = c.get("recall@k_vs_exact")
-        result[f"part_mb:{c['spec']}"] = c["part_mb"]
+        for key in ("part_mb", "index_mb", "build_s"):
+            result[f"{key}:{c['spec']}"] = c[key]
     for c in sweep:
         result[f"peak_rss_mb:users={c['users']}"] = c["peak_rss_mb"]
     print(json.dumps(result))
