@@ -128,6 +128,13 @@ class RerankerConfig:
     dropout: float = 0.1  # dropout in the dense and over arches
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     text_max_tokens: int = 64  # token budget of one attribute's text
+    # relevance reranking of a retriever's top-K (recsys/rerank_lists.py, rerank_task.py)
+    task: Literal["ctr", "listwise"] = "ctr"  # BCE on labelled rows, or softmax over candidates
+    retrieval_run: str | None = None  # listwise: run dir of the retriever whose top-K is reranked
+    candidates: int = 100  # listwise: K, the retriever's top-K reordered (the rest keep order)
+    train_positions: int = 20  # listwise: last N next-item examples of each train prefix; 0 = all
+    list_size: int = 32  # listwise: candidates per training list (positive + sampled); 0 = all K
+    retrieval_features: bool = False  # retrieval score (minus the list's top) and log1p(rank)
 
 
 @dataclass(frozen=True)

@@ -39,3 +39,16 @@ def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> to
     logits = view1 @ view2.T / temperature  # (n, n)
     labels = torch.arange(len(view1), device=view1.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def listwise_softmax(logits: torch.Tensor, positive: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy over each candidate list (ListNet with one relevant item).
+
+    logits (n, k) scores of a list's candidates, positive (n,) the column of the relevant one,
+    valid (n, k) bool or None: False columns (padding) take no share of the softmax.
+    Returns the mean over lists of -log softmax(logits)[positive].
+    """
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
+    return F.cross_entropy(logits, positive)

@@ -1,8 +1,9 @@
 """Data and models of a run: load the split, build the model it needs, reload a finished run.
 
 Retrieval models train on the leave-one-out `Split` and are selected on valid NDCG@10; the
-reranker (a CTR model) trains on a temporal `CtrSplit` and is selected on valid AUC. The
-functions here hide that difference from the one training loop.
+reranker (a CTR model) trains on a temporal `CtrSplit` and is selected on valid AUC, or, with
+`model.reranker.task: listwise`, on a retriever's candidate lists (`RerankData`) and is selected
+on the valid NDCG@10 of retrieval + rerank. The functions here hide that from the training loop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from recsys.data.schema import Dataset
 from recsys.data.split import Split, leave_one_out
 from recsys.evaluate import evaluate
 from recsys.models import build_model
+from recsys.rerank_eval import evaluate_rerank
+from recsys.rerank_lists import RerankData
+from recsys.rerank_task import ListwiseTask
 from recsys.tasks import NextItemTask, TwoTowerTask
 from recsys.tower_inputs import build_tower_inputs
 
@@ -35,6 +39,8 @@ def load_data(config: Config) -> tuple[Dataset, Split | CtrSplit]:
     labelled and by time for the reranker (`data.ctr`)."""
     data = config.data
     dataset = load_dataset(ensure_dataset(data.source, data.raw, data.dir, data.mapping))
+    if _listwise(config):
+        return dataset, rerank_data(config)
     if config.model.name == "reranker":
         ctr = data.ctr
         return dataset, ctr_split(dataset.interactions, dataset.items["item_id"],
@@ -42,6 +48,29 @@ def load_data(config: Config) -> tuple[Dataset, Split | CtrSplit]:
                                   ctr.test_from, config.model.reranker.max_len)
     split = leave_one_out(dataset.interactions, dataset.items["item_id"], data.cold_items)
     return dataset, split
+
+
+def rerank_data(config: Config) -> RerankData:
+    """The retriever of `model.reranker.retrieval_run` (its best checkpoint), its split and the
+    candidate lists; the retriever must have been trained on this config's dataset."""
+    run = config.model.reranker.retrieval_run
+    if run is None:
+        raise ValueError("model.reranker.retrieval_run must name a retrieval run dir for task "
+                         "'listwise'")
+    retriever, retrieval_config, split = load_run(Path(run) / "checkpoint" / "best")
+    if retrieval_config.model.name == "reranker" or not hasattr(retriever, "score"):
+        raise ValueError(f"{run} is a {retrieval_config.model.name!r} run, not a retriever")
+    ours, theirs = config.data, retrieval_config.data
+    if (Path(ours.dir).resolve(), ours.cold_items) != (Path(theirs.dir).resolve(),
+                                                       theirs.cold_items):
+        raise ValueError(f"the retrieval run {run} was trained on {theirs.dir} (cold_items "
+                         f"{theirs.cold_items}), this config reads {ours.dir} "
+                         f"(cold_items {ours.cold_items}): they must match")
+    return RerankData(split, retriever, config.model.reranker, config.eval.exclude_seen)
+
+
+def _listwise(config: Config) -> bool:
+    return config.model.name == "reranker" and config.model.reranker.task == "listwise"
 
 
 def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
@@ -59,6 +88,9 @@ def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
 
 def training_task(config: Config, dataset: Dataset, split: Split, model: nn.Module):
     """The batches and loss that train `model` (see recsys.tasks, recsys.ctr_task)."""
+    if _listwise(config):
+        return ListwiseTask(split.train, config.train.batch_size,
+                            config.model.reranker.list_size)
     if config.model.name == "reranker":
         return CtrTask(split.train, config.train.batch_size)
     if config.model.name == "two_tower":
@@ -77,6 +109,8 @@ def item_feature_nmi(dataset: Dataset, features: tuple[str, ...]) -> np.ndarray:
 def evaluate_model(config: Config, model: nn.Module, split: Split | CtrSplit,
                    which: str) -> dict[str, float]:
     """The run's metrics on `which` ("valid" or "test"): ranking metrics, or CTR metrics."""
+    if _listwise(config):
+        return evaluate_rerank(model, split, which, config.eval.ks)
     if config.model.name == "reranker":
         return evaluate_ctr(model, split, which)
     return evaluate(model, split, which, config.eval)
@@ -84,13 +118,14 @@ def evaluate_model(config: Config, model: nn.Module, split: Split | CtrSplit,
 
 def selection_metric(config: Config) -> str:
     """The validation metric (higher is better) that picks the best epoch and stops early."""
-    return CTR_SELECT if config.model.name == "reranker" else "ndcg@10"
+    return CTR_SELECT if config.model.name == "reranker" and not _listwise(config) \
+        else "ndcg@10"
 
 
 def run_artifacts(config: Config, model: nn.Module, split: Split | CtrSplit,
                   folder: Path) -> list[Path]:
     """Model-kind specific files of a finished run (the test calibration of a CTR model)."""
-    if config.model.name == "reranker":
+    if config.model.name == "reranker" and not _listwise(config):
         return write_calibration(model, split, "test", folder)
     return []
 

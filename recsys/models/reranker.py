@@ -24,6 +24,12 @@ from recsys.config import RerankerConfig
 from recsys.models.two_tower import Bags
 
 N_STATS = 2  # history stats per row: log1p(earlier labelled rows), smoothed positive rate
+N_RETRIEVAL = 2  # retrieval features per pair: score minus the list's top score, log1p(rank)
+
+
+def n_dense_extras(config: RerankerConfig) -> int:
+    """Width of the `stats` input: history stats, then retrieval features, as configured."""
+    return N_STATS * config.history_stats + N_RETRIEVAL * config.retrieval_features
 
 
 @dataclass(frozen=True)
@@ -93,10 +99,11 @@ class SparseArch(nn.Module):
 
 
 class DenseArch(nn.Module):
-    """Items (B,), history (B, L), stats (B, 2) -> (B, dense_out) through an MLP.
+    """Items (B,), history (B, L), stats (B, E) -> (B, dense_out) through an MLP.
 
     Dense input: the item's frozen text vectors, the mean text vectors of the history items
-    (padding 0 excluded; zeros for an empty history) and, with `history_stats`, the stats.
+    (padding 0 excluded; zeros for an empty history) and the E extras (`n_dense_extras`: the
+    history stats with `history_stats`, the retrieval features with `retrieval_features`).
     The first layer is applied per distinct item before the history mean: a linear map commutes
     with the mean, so this equals projecting the pooled vector, at a fraction of the memory.
     """
@@ -111,7 +118,8 @@ class DenseArch(nn.Module):
         first = config.dense_hidden[0]
         self.item_text = nn.Linear(text_size, first)
         self.history_text = nn.Linear(text_size, first, bias=False)
-        self.stats = nn.Linear(N_STATS, first, bias=False) if config.history_stats else None
+        extras = n_dense_extras(config)
+        self.stats = nn.Linear(extras, first, bias=False) if extras else None
         self.mlp, self.out = mlp(first, config.dense_hidden[1:], config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -120,13 +128,18 @@ class DenseArch(nn.Module):
         present = (history > 0).float()[..., None]  # (B, L, 1)
         return (self.text[history].flatten(2) * present).sum(1) / present.sum(1).clamp(min=1.0)
 
-    def forward(self, items: torch.Tensor, history: torch.Tensor,
-                stats: torch.Tensor) -> torch.Tensor:
+    def history_hidden(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, L) -> (B, first): the projected mean text of the present items."""
         unique, where = torch.unique(history, return_inverse=True)
         projected = self.history_text(self.text[unique].flatten(1))[where]  # (B, L, first)
         present = (history > 0).float()[..., None]  # (B, L, 1)
-        hidden = self.item_text(self.text[items].flatten(1)) \
-            + (projected * present).sum(1) / present.sum(1).clamp(min=1.0)  # (B, first)
+        return (projected * present).sum(1) / present.sum(1).clamp(min=1.0)
+
+    def forward(self, items: torch.Tensor, history: torch.Tensor | None, stats: torch.Tensor,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """`pooled` (B, first), if given, is `history_hidden(history)` already computed."""
+        pooled = self.history_hidden(history) if pooled is None else pooled
+        hidden = self.item_text(self.text[items].flatten(1)) + pooled  # (B, first)
         if self.stats is not None:
             hidden = hidden + self.stats(stats)
         return self.mlp(self.dropout(torch.relu(hidden)))  # (B, dense_out)
@@ -189,3 +202,19 @@ class Reranker(nn.Module):
         return self.over(self.interaction(torch.cat([sparse, dense], dim=1)))
 
     score = forward  # reranking: logits for candidate pairs, same inputs
+
+    def score_lists(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor,
+                    stats: torch.Tensor) -> torch.Tensor:
+        """users (B,), items (B, K) candidates, history (B, L), stats (B, K, E) -> (B, K) logits.
+
+        The same logits as `forward` on the B * K flattened pairs, with the history pooled
+        once per list instead of once per candidate.
+        """
+        n_lists, k = items.shape
+        pooled = self.dense.history_hidden(history[:, -self.max_len:])  # (B, first)
+        flat_items = items.reshape(-1)  # (B * K,)
+        sparse = self.sparse(users.repeat_interleave(k), flat_items).flatten(1)  # (B*K, S*dim)
+        dense = self.dense(flat_items, None, stats.reshape(n_lists * k, -1),
+                           pooled.repeat_interleave(k, dim=0))  # (B * K, dense_out)
+        logits = self.over(self.interaction(torch.cat([sparse, dense], dim=1)))
+        return logits.reshape(n_lists, k)

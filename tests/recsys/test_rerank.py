@@ -1,0 +1,151 @@
+"""Relevance reranking: the listwise loss and the rerank-within-top-K ranks by hand, candidate
+lists that never read the future, and a seeded tiny retrieval + rerank run through `fit`."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from features.ids import IdMap
+from recsys.config import RerankerConfig, config_from_dict, config_to_dict
+from recsys.data.split import Split
+from recsys.losses import listwise_softmax
+from recsys.rerank_eval import rerank_ranks
+from recsys.rerank_lists import RerankData, retrieve_lists, training_examples
+from recsys.rerank_task import sample_columns
+from recsys.runs import evaluate_run
+from recsys.train import fit
+
+
+def test_listwise_softmax_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0), 0.0], [2.0, 0.0, 5.0]])
+    positive = torch.tensor([1, 0])
+    valid = torch.tensor([[True, True, False], [True, True, False]])
+    # row 0: e^ln3 / (1 + 3) = 3/4 (the padding column takes no share); row 1: e^2 / (e^2 + 1)
+    expected = (math.log(4 / 3) + math.log1p(math.exp(-2.0))) / 2
+    assert listwise_softmax(logits, positive, valid).item() == pytest.approx(expected, rel=1e-6)
+    assert listwise_softmax(logits[:1], positive[:1]).item() == pytest.approx(math.log(5 / 3))
+
+
+def test_sampled_lists_put_the_positive_first_and_padding_last():
+    torch.manual_seed(0)
+    valid = torch.tensor([[True, True, True, True, False], [True, True, False, False, False]])
+    cols = sample_columns(torch.tensor([2, 1]), valid, 3)
+    assert cols[:, 0].tolist() == [2, 1]
+    assert set(cols[0, 1:].tolist()) <= {0, 1, 3} and cols[1, 1].item() == 0
+    assert not valid[1, cols[1, 2]]  # only two real candidates: the third is padding
+
+
+def test_rerank_ranks_by_hand():
+    scores = np.array([[0.1, 0.5, 0.9], [3.0, 2.0, 1.0], [0.5, 0.5, -np.inf]])
+    target_rank = np.array([2, 7, 1])
+    positive = np.array([2, -1, 1])  # user 1's target is outside the top 3: it keeps rank 7
+    # user 0: its target (column 2) has the best rerank score; user 2: a tie with column 0,
+    # which was retrieved earlier and stays ahead
+    np.testing.assert_array_equal(rerank_ranks(target_rank, positive, scores), [0, 7, 1])
+
+
+class TableRetriever(torch.nn.Module):
+    """score(history, users) = sum of the rows of a fixed random table for the history items."""
+
+    def __init__(self, n_items: int, seed: int = 0):
+        super().__init__()
+        table = torch.randn(n_items + 1, n_items + 1, generator=torch.Generator().manual_seed(seed))
+        table[0] = 0
+        self.register_buffer("table", table)
+        self.seen: list[list[int]] = []
+
+    def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        self.seen += [[int(i) for i in h if i > 0] for h in history]
+        return self.table[history].sum(1)  # (B, n_items + 1)
+
+
+def test_items_outside_the_top_k_keep_their_retrieval_order():
+    """The final ranking is built by hand: top 3 reordered by the reranker, the rest unchanged."""
+    n_items, k = 8, 3
+    retriever = TableRetriever(n_items)
+    history = np.array([4])
+    full = retriever.table[4].clone()
+    full[0] = full[4] = -np.inf  # padding and the seen item leave the ranking
+    order = [int(i) for i in torch.argsort(full, descending=True, stable=True)[: n_items - 1]]
+    rerank = {order[0]: 0.0, order[1]: 2.0, order[2]: 1.0}  # reranker: 2nd, 3rd, 1st
+    final = sorted(order[:k], key=lambda i: -rerank[i]) + order[k:]
+    for target in order:
+        lists = retrieve_lists(retriever, [history], np.array([0]), np.array([target]), k,
+                               exclude_seen=True, max_len=5)
+        assert lists.items[0].tolist() == order[:k]
+        scores = np.array([[rerank[i] for i in lists.items[0]]])
+        rank = rerank_ranks(lists.target_rank, lists.positive, scores)[0]
+        assert rank == final.index(target), target
+
+
+def _split() -> Split:
+    train = [np.array([1, 2, 3, 4, 5]), np.array([6, 7]), np.array([3])]
+    return Split(users=IdMap(["a", "b", "c"]), items=IdMap([f"i{i}" for i in range(1, 10)]),
+                 train=train, valid_target=np.array([8, 9, 0]), test_target=np.array([9, 8, 0]))
+
+
+def test_training_examples_are_the_last_positions_of_train_prefixes():
+    rows, ends = training_examples(_split(), positions=2)
+    assert list(zip(rows.tolist(), ends.tolist(), strict=True)) == [(0, 3), (0, 4), (1, 1)]
+    rows, ends = training_examples(_split(), positions=0)
+    assert ends[rows == 0].tolist() == [1, 2, 3, 4]
+
+
+def test_training_lists_read_only_the_past():
+    """The retriever sees exactly prefix[:t] per training example (never the target, a later
+    item, or a valid/test item), and rewriting the future leaves earlier lists unchanged."""
+    config = RerankerConfig(history_stats=False, candidates=9, train_positions=0,
+                            retrieval_features=True)
+    split = _split()
+    retriever = TableRetriever(split.n_items)
+    data = RerankData(split, retriever, config, exclude_seen=True)
+    assert retriever.seen == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [6]]
+    assert data.train_examples == 5 and len(data.train) == 5  # K = catalogue: all targets in
+    future = copy.deepcopy(split)
+    future.train[0][3:] = [9, 8]  # rewrite user a's items from position 3 on
+    changed = RerankData(future, TableRetriever(split.n_items), config, exclude_seen=True)
+    for field in ("items", "features", "history"):
+        np.testing.assert_array_equal(getattr(changed.train, field)[:2],
+                                      getattr(data.train, field)[:2])
+    assert (data.train.features[..., 0] <= 0).all()  # score minus the list's top score
+
+
+def test_lists_exclude_seen_items_but_keep_a_repeated_target():
+    retriever = TableRetriever(9)
+    lists = retrieve_lists(retriever, [np.array([1, 2, 3])], np.array([0]), np.array([2]), 9,
+                           exclude_seen=True, max_len=4)
+    real = lists.items[0][lists.valid[0]]
+    assert 2 in real and not {1, 3} & set(real.tolist()) and len(real) == 7
+    assert lists.history[0].tolist() == [1, 2, 3]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
+    """SASRec retrieves, the reranker trains on its lists through `fit`; the retrieval metrics
+    of the rerank run are the retrieval run's own, and the run rebuilds from its dir."""
+    raw = config_to_dict(config)
+    raw["train"]["epochs"] = 3
+    retrieval = fit(config_from_dict(raw))
+    raw["model"] = {"name": "reranker", "reranker": {
+        "task": "listwise", "retrieval_run": str(retrieval.run_dir), "candidates": 10,
+        "train_positions": 3, "list_size": 6, "retrieval_features": True,
+        "history_stats": False, "dim": 8, "text": ["title"], "max_len": 8,
+        "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
+        "encoder": {"path": str(tiny_model_dir), "cache_dir": str(successor_root / "cache")}}}
+    raw["train"].update(epochs=3, batch_size=32, lr=0.01)
+    result = fit(config_from_dict(raw))
+    test = result.metrics["test"]
+    assert result.metrics["selection"] == "valid ndcg@10"
+    assert test["retrieval_ndcg@10"] == pytest.approx(retrieval.metrics["test"]["ndcg@10"])
+    assert test["retrieval_recall@10"] == pytest.approx(retrieval.metrics["test"]["recall@10"])
+    assert test["recall@50"] == pytest.approx(retrieval.metrics["test"]["recall@50"])  # K = 10
+    assert test["ndcg@10_gain"] == pytest.approx(test["ndcg@10"] - test["retrieval_ndcg@10"])
+    assert test["rerank_ms_per_1k_users"] > 0
+    again = evaluate_run(result.run_dir, "test")
+    for key in ("ndcg@10", "recall@10", "retrieval_ndcg@10", "hit@10"):
+        assert again[key] == pytest.approx(test[key]), key
