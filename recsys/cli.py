@@ -57,7 +57,14 @@ def _export(args) -> None:
 
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing lines
         users = read_id_list(args.users) if args.users else None
-        summary = export_candidates(args.run, args.out, k=args.k, users=users, overrides=args.set)
+        if args.rerank:
+            from recsys.rerank_export import export_reranked
+
+            summary = export_reranked(args.run, args.rerank, args.out, n=args.k, users=users,
+                                      overrides=args.set)
+        else:
+            summary = export_candidates(args.run, args.out, k=args.k, users=users,
+                                        overrides=args.set)
         print(table(("candidates", "value"), list(summary.items())))
         return
     summary = export_embeddings(args.run, args.out)
@@ -145,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="candidates: raw user ids, one a line (default: every user)")
     p.add_argument("--set", action="append", default=[], metavar="export.KEY=VALUE",
                    help="candidates: override an export setting, e.g. export.part_users=50000")
+    p.add_argument("--rerank", metavar="RUN_DIR",
+                   help="candidates: rerank the top K of --run (a retriever) with this listwise "
+                        "reranker run and keep --k (see recsys/rerank_export.py)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("index", help="build, save and measure ANN indexes over an embedding store")

@@ -1,23 +1,31 @@
 """Relevance reranking: the listwise loss and the rerank-within-top-K ranks by hand, candidate
-lists that never read the future, and a seeded tiny retrieval + rerank run through `fit`."""
+lists that never read the future, and a seeded tiny retrieval + rerank run through `fit`, then
+exported as reranked candidates."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from features.ids import IdMap
 from recsys.config import RerankerConfig, config_from_dict, config_to_dict
 from recsys.data.split import Split
+from recsys.export import full_histories
 from recsys.losses import listwise_softmax
 from recsys.rerank_eval import rerank_ranks
+from recsys.rerank_export import export_reranked, rerank_table
 from recsys.rerank_lists import RerankData, retrieve_lists, training_examples
 from recsys.rerank_task import sample_columns
-from recsys.runs import evaluate_run
+from recsys.runs import evaluate_run, load_run
 from recsys.train import fit
 
 
@@ -149,3 +157,30 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
     again = evaluate_run(result.run_dir, "test")
     for key in ("ndcg@10", "recall@10", "retrieval_ndcg@10", "hit@10"):
         assert again[key] == pytest.approx(test[key]), key
+    _check_reranked_export(retrieval.run_dir, result.run_dir, successor_root / "reranked")
+
+
+def _check_reranked_export(retrieval_run, rerank_run, out):
+    """`recsys export --rerank`: the best 5 of each user's retrieval top 10, by reranker score;
+    a user the reranker does not know keeps its retrieval order (stage "retrieval")."""
+    summary = export_reranked(retrieval_run, rerank_run, out, n=5)
+    source = pd.read_parquet(summary["retrieval_candidates"])
+    ranked = pd.read_parquet(out)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["rows"] == len(ranked) == 5 * source["user_id"].nunique()
+    assert (ranked["stage"] == "rerank").all() and summary["unknown_users"] == 0
+    for user, rows in ranked.groupby("user_id", sort=False):
+        assert rows["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert (np.diff(rows["score"].to_numpy()) <= 0).all()
+        assert set(rows["item_id"]) <= set(source.loc[source["user_id"] == user, "item_id"])
+    model, _, data = load_run(rerank_run / "checkpoint" / "best")
+    table = pq.read_table(Path(summary["retrieval_candidates"]) / "part-00000.parquet")
+    first = table.column("user_id")[0].as_py()
+    renamed = pa.array(["nobody" if u == first else u for u in table.column("user_id").to_pylist()])
+    table = table.set_column(0, "user_id", renamed)
+    out_table = rerank_table(model, data.split, full_histories(data.split), table, 3).to_pandas()
+    nobody = out_table[out_table["user_id"] == "nobody"]
+    expected = table.to_pandas().query("user_id == 'nobody'").head(3)
+    assert nobody["item_id"].tolist() == expected["item_id"].tolist()
+    assert (nobody["stage"] == "retrieval").all() and (nobody["rank"] == [1, 2, 3]).all()
+    assert (out_table.loc[out_table["user_id"] != "nobody", "stage"] == "rerank").all()

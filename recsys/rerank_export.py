@@ -1,0 +1,144 @@
+"""Reranked batch candidates: a retriever's exported top K, reordered by a listwise reranker.
+
+    recsys export --run RETRIEVAL_RUN --what candidates --rerank RERANK_RUN [--k N]
+
+First the retrieval export writes each user's top K (K = the reranker's `candidates`, the list
+length it was trained on) to `<retrieval run>/candidates-top<K>` (resumable as any export). Then
+each of its parts is reranked into `part-NNNNN.parquet` of the output dir (default
+`<rerank run>/candidates`): per user, the reranker scores the K candidates from the user's whole
+known history (as the retrieval export reads it) and the retrieval features (score minus the
+user's top score, log1p(rank - 1)); the best N are kept with `stage` = "rerank" and the reranker
+logit as `score`. **Users the reranker cannot know** (absent from its data) keep their first N
+retrieval rows unchanged, `stage` = "retrieval", and are counted as `unknown_users` in the
+manifest. Parts are written atomically, a rerun skips parts already written for the same job,
+and `_manifest.json` (rows and sha256 per part) comes last. Single process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from features.ids import PAD
+from features.sequences import pad_left
+from recsys.atomic import write_json
+from recsys.candidate_search import SCHEMA
+from recsys.candidates import MANIFEST_FILE, export_candidates, write_part
+from recsys.data.split import Split
+from recsys.export import full_histories
+from recsys.rerank_lists import RerankData
+from recsys.runs import load_run
+from serving.store import file_sha256
+
+log = logging.getLogger(__name__)
+STAGE = "rerank"
+
+
+def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
+                    out: str | Path | None = None, *, n: int | None = None,
+                    users: list[str] | None = None,
+                    overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Export the retriever's top K for `users` (default all), rerank every part, keep the best
+    `n` (default the reranker config's export.k); returns a summary."""
+    rerank_run = Path(rerank_run)
+    model, config, data = load_run(rerank_run / "checkpoint" / "best")
+    if not isinstance(data, RerankData):
+        raise ValueError(f"{rerank_run} is not a listwise reranker run (model.reranker.task)")
+    k = config.model.reranker.candidates
+    n = n or config.export.k
+    if n > k:
+        raise ValueError(f"keeping {n} per user needs at least that many candidates; the "
+                         f"reranker reorders its top {k} (model.reranker.candidates)")
+    source = Path(retrieval_run) / f"candidates-top{k}"
+    export_candidates(retrieval_run, source, k=k, users=users,
+                      overrides=[*overrides, "export.metric=ip"])  # the score it trained on
+    manifest = json.loads((source / MANIFEST_FILE).read_text())
+    out = Path(out or rerank_run / "candidates")
+    job = {"job": "", "run_id": rerank_run.name, "retrieval_job": manifest["job"],
+           "retrieval_run_id": manifest["run_id"], "k": n, "candidates": k,
+           "weights_sha256": file_sha256(rerank_run / "checkpoint" / "best" / "model.safetensors")}
+    job["job"] = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
+    out.mkdir(parents=True, exist_ok=True)
+    histories = full_histories(data.split)
+    started, entries = time.perf_counter(), []
+    for part in manifest["parts"]:
+        path = out / part["file"]
+        if not _done(path, job["job"]):
+            table = rerank_table(model, data.split, histories, pq.read_table(source / part["file"]),
+                                 n, config.model.reranker.retrieval_features)
+            write_part(path, table, job["job"])
+        meta = pq.read_metadata(path)
+        entries.append({"file": path.name, "users": part["users"], "rows": meta.num_rows,
+                        "unknown_users": int(meta.metadata[b"recsys.unknown_users"]),
+                        "sha256": file_sha256(path)})
+    doc = {**job, "config": {"k": n}, "rows": sum(e["rows"] for e in entries),
+           "unknown_users": sum(e["unknown_users"] for e in entries), "parts": entries}
+    write_json(out / MANIFEST_FILE, doc)
+    return {"out": str(out), "retrieval_candidates": str(source), "parts": len(entries),
+            "rows": doc["rows"], "unknown_users": doc["unknown_users"],
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+@torch.inference_mode()
+def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], table: pa.Table,
+                 n: int, retrieval_features: bool = True, batch_size: int = 256) -> pa.Table:
+    """One retrieval part (user_id, rank 1..K, item_id, score, stage) -> the best `n` per user.
+
+    Users of `split` are reranked (stage "rerank", score = reranker logit); the others keep
+    their first `n` retrieval rows (stage "retrieval"). Users stay in the part's order.
+    """
+    model.eval()
+    frame = table.to_pandas()
+    user_ids = frame["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])  # (U,) first row per user
+    sizes = np.diff(np.r_[starts, len(frame)])  # (U,) K, or fewer where the catalogue ran out
+    rows = split.users.index(user_ids[starts], missing="pad") - 1  # (U,) -1 = unknown user
+    grid = starts[:, None] + np.arange(sizes.max(initial=1))[None, :]  # (U, K) frame rows
+    present = np.arange(grid.shape[1])[None, :] < sizes[:, None]  # (U, K)
+    grid = np.where(present, grid, 0)
+    items = np.where(present, split.items.index(frame["item_id"].to_numpy(),
+                                                missing="pad")[grid], PAD)  # (U, K)
+    if (items[present] == PAD).any():
+        raise ValueError("retrieval candidates name items outside the reranker's catalogue")
+    score = frame["score"].to_numpy(np.float32)[grid]  # (U, K)
+    extra = np.stack([np.where(present, score - score[:, :1], 0.0),
+                      np.log1p(np.where(present, frame["rank"].to_numpy()[grid] - 1, 0))], -1)
+    extra = extra[..., : 2 * retrieval_features].astype(np.float32)  # (U, K, F)
+    logits = np.full(items.shape, -np.inf, np.float32)  # (U, K); unknown users stay -inf
+    known = np.flatnonzero(rows >= 0)
+    for s in range(0, len(known), batch_size):
+        b = known[s:s + batch_size]
+        history = pad_left([histories[r] for r in rows[b]], model.max_len)
+        out = model.score_lists(*map(torch.as_tensor, (rows[b], items[b], history, extra[b])))
+        logits[b] = out.float().masked_fill(torch.as_tensor(~present[b]), -np.inf).numpy()
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :n]  # unknown users: retrieval order
+    keep = np.take_along_axis(present, order, 1)  # (U, n)
+    picked = np.take_along_axis(grid, order, 1)[keep]  # frame rows, user by user
+    reranked = np.repeat(rows >= 0, keep.sum(1))
+    ranks = (np.cumsum(keep, 1) * keep)[keep].astype(np.int32)
+    out = pa.table({
+        "user_id": pa.array(user_ids[picked], pa.string()), "rank": pa.array(ranks),
+        "item_id": pa.array(frame["item_id"].to_numpy()[picked], pa.string()),
+        "score": pa.array(np.where(reranked, np.take_along_axis(logits, order, 1)[keep],
+                                   frame["score"].to_numpy(np.float32)[picked]), pa.float32()),
+        "stage": pa.array(np.where(reranked, STAGE, "retrieval"), pa.string())}, schema=SCHEMA)
+    return out.replace_schema_metadata({"recsys.unknown_users": str(int((rows < 0).sum()))})
+
+
+def _done(path: Path, job: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return (pq.read_schema(path).metadata or {}).get(b"recsys.job") == job.encode()
+    except (OSError, pa.ArrowException):
+        return False
