@@ -135,6 +135,8 @@ class RerankerConfig:
     train_positions: int = 20  # listwise: last N next-item examples of each train prefix; 0 = all
     list_size: int = 32  # listwise: candidates per training list (positive + sampled); 0 = all K
     retrieval_features: bool = False  # retrieval score (minus the list's top) and log1p(rank)
+    blend: tuple[float, ...] = (0.0,)  # listwise: weights w tried on valid for the final score
+    # ^ reranker logit + w * (retrieval score - list top); the best valid NDCG@10 picks w
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ reorders the top K; every item outside the top K keeps its retrieval rank. So a 
 the top K keeps its rank, and a target inside moves to its place among the K reranked scores
 (ties keep the retrieval order). Metrics of retrieval alone come from the same lists, so both
 numbers rest on the same users and candidates.
+
+The final score of a candidate is the reranker logit + w * (its retrieval score - the list's top
+score), with w taken from `model.reranker.blend` by the best valid NDCG@10 (`choose_blend`, also
+when evaluating test): the reranker trains on train-prefix lists, where the retriever is better
+than on unseen targets (it trained on them), so how far to trust its score is set on valid.
 """
 
 from __future__ import annotations
@@ -49,18 +54,29 @@ def score_lists(model: nn.Module, lists: CandidateLists, batch_size: int = 256) 
     return scores.masked_fill(~valid, float("-inf")).numpy()
 
 
+def choose_blend(model: nn.Module, data: RerankData) -> float:
+    """The weight of `data.config.blend` with the best valid NDCG@10 (ties: the first listed)."""
+    lists = data.lists("valid")
+    logits = score_lists(model, lists)
+    best = max(data.config.blend, key=lambda w: ndcg_at_k(rerank_ranks(
+        lists.target_rank, lists.positive, logits + w * lists.retrieval_score), 10))
+    return float(best)
+
+
 def evaluate_rerank(model: nn.Module, data: RerankData, which: str,
                     ks: tuple[int, ...] = (10, 20, 50)) -> dict[str, float]:
     """Rerank metrics on `which` ("valid" or "test"), retrieval alone under `retrieval_` keys.
 
     `rerank_ms_per_1k_users` times the reranking alone (the lists are retrieved already): the
-    forward over K candidates per user and the reorder, in milliseconds per 1,000 users.
+    forward over K candidates per user, the blend and the reorder, in ms per 1,000 users.
     """
+    weight = choose_blend(model, data)
     lists = data.lists(which)
     started = time.perf_counter()
-    ranks = rerank_ranks(lists.target_rank, lists.positive, score_lists(model, lists))
+    scores = score_lists(model, lists) + weight * lists.retrieval_score  # (n, K)
+    ranks = rerank_ranks(lists.target_rank, lists.positive, scores)
     seconds = time.perf_counter() - started
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"blend": weight}
     for name, r in (("", ranks), ("retrieval_", lists.target_rank)):
         for k in ks:
             out[f"{name}recall@{k}"] = recall_at_k(r, k)

@@ -7,11 +7,12 @@ length it was trained on) to `<retrieval run>/candidates-top<K>` (resumable as a
 each of its parts is reranked into `part-NNNNN.parquet` of the output dir (default
 `<rerank run>/candidates`): per user, the reranker scores the K candidates from the user's whole
 known history (as the retrieval export reads it) and the retrieval features (score minus the
-user's top score, log1p(rank - 1)); the best N are kept with `stage` = "rerank" and the reranker
-logit as `score`. **Users the reranker cannot know** (absent from its data) keep their first N
-retrieval rows unchanged, `stage` = "retrieval", and are counted as `unknown_users` in the
-manifest. Parts are written atomically, a rerun skips parts already written for the same job,
-and `_manifest.json` (rows and sha256 per part) comes last. Single process.
+user's top score, log1p(rank - 1)); the best N are kept with `stage` = "rerank" and the final
+score (reranker logit + the blend weight picked on valid times the retrieval score feature).
+**Users the reranker cannot know** (absent from its data) keep their first N retrieval rows
+unchanged, `stage` = "retrieval", and are counted as `unknown_users` in the manifest. Parts are
+written atomically, a rerun skips parts already written for the same job, and `_manifest.json`
+(rows and sha256 per part) comes last. Single process.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from recsys.candidate_search import SCHEMA
 from recsys.candidates import MANIFEST_FILE, export_candidates, write_part
 from recsys.data.split import Split
 from recsys.export import full_histories
+from recsys.rerank_eval import choose_blend
 from recsys.rerank_lists import RerankData
 from recsys.runs import load_run
 from serving.store import file_sha256
@@ -70,12 +72,13 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
     job["job"] = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
     out.mkdir(parents=True, exist_ok=True)
     histories = full_histories(data.split)
+    blend = choose_blend(model, data)  # the weight of the retrieval score, picked on valid
     started, entries = time.perf_counter(), []
     for part in manifest["parts"]:
         path = out / part["file"]
         if not _done(path, job["job"]):
             table = rerank_table(model, data.split, histories, pq.read_table(source / part["file"]),
-                                 n, config.model.reranker.retrieval_features)
+                                 n, config.model.reranker.retrieval_features, blend)
             write_part(path, table, job["job"])
         meta = pq.read_metadata(path)
         entries.append({"file": path.name, "users": part["users"], "rows": meta.num_rows,
@@ -91,10 +94,12 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
 
 @torch.inference_mode()
 def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], table: pa.Table,
-                 n: int, retrieval_features: bool = True, batch_size: int = 256) -> pa.Table:
+                 n: int, retrieval_features: bool = True, blend: float = 0.0,
+                 batch_size: int = 256) -> pa.Table:
     """One retrieval part (user_id, rank 1..K, item_id, score, stage) -> the best `n` per user.
 
-    Users of `split` are reranked (stage "rerank", score = reranker logit); the others keep
+    Users of `split` are reranked (stage "rerank", score = reranker logit + `blend` * (retrieval
+    score - the user's top retrieval score), as in `recsys.rerank_eval`); the others keep
     their first `n` retrieval rows (stage "retrieval"). Users stay in the part's order.
     """
     model.eval()
@@ -113,6 +118,7 @@ def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], ta
     score = frame["score"].to_numpy(np.float32)[grid]  # (U, K)
     extra = np.stack([np.where(present, score - score[:, :1], 0.0),
                       np.log1p(np.where(present, frame["rank"].to_numpy()[grid] - 1, 0))], -1)
+    extra_score = extra[..., 0].astype(np.float32)  # (U, K) retrieval score - top score
     extra = extra[..., : 2 * retrieval_features].astype(np.float32)  # (U, K, F)
     logits = np.full(items.shape, -np.inf, np.float32)  # (U, K); unknown users stay -inf
     known = np.flatnonzero(rows >= 0)
@@ -120,7 +126,8 @@ def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], ta
         b = known[s:s + batch_size]
         history = pad_left([histories[r] for r in rows[b]], model.max_len)
         out = model.score_lists(*map(torch.as_tensor, (rows[b], items[b], history, extra[b])))
-        logits[b] = out.float().masked_fill(torch.as_tensor(~present[b]), -np.inf).numpy()
+        out = out.float().numpy() + blend * extra_score[b]
+        logits[b] = np.where(present[b], out, -np.inf)
     order = np.argsort(-logits, axis=1, kind="stable")[:, :n]  # unknown users: retrieval order
     keep = np.take_along_axis(present, order, 1)  # (U, n)
     picked = np.take_along_axis(grid, order, 1)[keep]  # frame rows, user by user

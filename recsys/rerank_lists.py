@@ -36,6 +36,7 @@ class CandidateLists:
     history: np.ndarray  # (n, L) int64 item indices before the target, oldest first, 0-padded left
     items: np.ndarray  # (n, K) int64 candidates, best first; 0 where the list ran short
     features: np.ndarray  # (n, K, F) float32 retrieval features (F = 2, or 0 when not used)
+    retrieval_score: np.ndarray  # (n, K) float32 score minus the list's top score, 0 on padding
     positive: np.ndarray  # (n,) int64 column of the target in `items`, -1 outside the top K
     target_rank: np.ndarray  # (n,) int64 0-based retrieval rank of the target in the catalogue
 
@@ -50,8 +51,8 @@ class CandidateLists:
     def take(self, rows: np.ndarray) -> CandidateLists:
         """The examples at `rows` (an index or bool mask)."""
         return CandidateLists(*(getattr(self, f)[rows] for f in
-                                ("users", "history", "items", "features", "positive",
-                                 "target_rank")))
+                                ("users", "history", "items", "features",
+                                 "retrieval_score", "positive", "target_rank")))
 
 
 @torch.inference_mode()
@@ -83,7 +84,8 @@ def retrieve_lists(retriever: nn.Module, histories: list[np.ndarray], users: np.
     positive = np.where(rank < items.shape[1], rank, -1)
     return CandidateLists(users.astype(np.int64), pad_left(histories, max_len),
                           np.where(live, items, PAD), features.astype(np.float32) * live[..., None],
-                          positive.astype(np.int64), rank.astype(np.int64))
+                          features[..., 0].astype(np.float32), positive.astype(np.int64),
+                          rank.astype(np.int64))
 
 
 def _top_k(scores: torch.Tensor, target: torch.Tensor, k: int):

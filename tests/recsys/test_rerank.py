@@ -142,7 +142,7 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
     raw["model"] = {"name": "reranker", "reranker": {
         "task": "listwise", "retrieval_run": str(retrieval.run_dir), "candidates": 10,
         "train_positions": 3, "list_size": 6, "retrieval_features": True,
-        "history_stats": False, "dim": 8, "text": ["title"], "max_len": 8,
+        "history_stats": False, "blend": [0.0, 1000.0], "dim": 8, "text": ["title"], "max_len": 8,
         "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
         "encoder": {"path": str(tiny_model_dir), "cache_dir": str(successor_root / "cache")}}}
     raw["train"].update(epochs=3, batch_size=32, lr=0.01)
@@ -153,7 +153,9 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
     assert test["retrieval_recall@10"] == pytest.approx(retrieval.metrics["test"]["recall@10"])
     assert test["recall@50"] == pytest.approx(retrieval.metrics["test"]["recall@50"])  # K = 10
     assert test["ndcg@10_gain"] == pytest.approx(test["ndcg@10"] - test["retrieval_ndcg@10"])
-    assert test["rerank_ms_per_1k_users"] > 0
+    assert test["rerank_ms_per_1k_users"] > 0 and test["blend"] in (0.0, 1000.0)
+    if test["blend"] == 1000.0:  # the retrieval score dominates: retrieval order comes back
+        assert test["ndcg@10"] == pytest.approx(test["retrieval_ndcg@10"], abs=1e-3)
     again = evaluate_run(result.run_dir, "test")
     for key in ("ndcg@10", "recall@10", "retrieval_ndcg@10", "hit@10"):
         assert again[key] == pytest.approx(test[key]), key
