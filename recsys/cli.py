@@ -114,7 +114,8 @@ def _pipeline(args) -> None:
     from recsys.pipeline import run_pipeline, summary
 
     config = load_config(args.config, args.set)
-    print(summary(config, run_pipeline(config)))
+    rerank = load_config(args.rerank) if args.rerank else None
+    print(summary(config, run_pipeline(config, rerank)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,9 +184,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="move to a new CURRENT version every N seconds (SIGHUP always does)")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("pipeline", help="prepare, train, evaluate and summarise")
-    p.add_argument("--config", required=True, help="experiment YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = sub.add_parser("pipeline", help="prepare, train, evaluate, index, export candidates "
+                                         "[, train a reranker and rerank them]; reruns reuse "
+                                         "finished stages whose inputs did not change")
+    p.add_argument("--config", required=True, help="experiment YAML (the retriever)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override in the retriever config")
+    p.add_argument("--rerank", metavar="CONFIG",
+                   help="listwise reranker YAML; its retrieval_run is the pipeline's retriever")
     p.set_defaults(func=_pipeline)
     return parser
 

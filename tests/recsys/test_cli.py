@@ -40,9 +40,11 @@ def test_train_then_evaluate_print_the_same_test_metrics(config_file, tmp_path, 
 
 
 def test_pipeline_ends_with_a_summary_table(config_file, capsys):
-    assert main(["pipeline", "--config", str(config_file), "--set", "train.epochs=2"]) == 0
+    assert main(["pipeline", "--config", str(config_file), "--set", "train.epochs=2",
+                 "--set", "export.k=10"]) == 0  # the tiny catalogue has 30 items
     out = capsys.readouterr().out
     assert "test metric" in out and "ndcg@10" in out and "mlflow run" in out
+    assert "candidates" in out and "index" in out
 
 
 def test_bad_config_key_is_a_clear_error_not_a_traceback(config_file, capsys):

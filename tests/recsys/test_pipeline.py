@@ -1,0 +1,53 @@
+"""`run_pipeline`: every stage on the tiny data, then reruns that reuse what did not change."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from recsys.config import config_from_dict, config_to_dict
+from recsys.pipeline import run_pipeline, summary
+
+
+def _reranker(config, tiny_model_dir, root, lr=0.01):
+    raw = config_to_dict(config)
+    raw["model"] = {"name": "reranker", "reranker": {
+        "task": "listwise", "candidates": 10, "train_positions": 3, "list_size": 6,
+        "history_stats": False, "blend": [0.0, 1.0], "dim": 8, "text": ["title"], "max_len": 8,
+        "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
+        "encoder": {"path": str(tiny_model_dir), "cache_dir": str(root / "cache")}}}
+    raw["train"].update(epochs=2, batch_size=32, lr=lr)
+    raw["export"]["k"] = 5  # of the retriever's top 10
+    return config_from_dict(raw)
+
+
+def _ran(result) -> list[str]:
+    return [s.name for s in result.stages if not s.remembered]
+
+
+def test_pipeline_reruns_only_the_stages_whose_inputs_changed(config, tiny_model_dir,
+                                                               successor_root):
+    retriever = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2),
+                                    export=dataclasses.replace(config.export, k=10))
+    rerank = _reranker(config, tiny_model_dir, successor_root)
+    first = run_pipeline(retriever, rerank)
+    assert _ran(first) == ["prepare", "retriever", "evaluate", "index", "candidates",
+                           "reranker", "reranked candidates"]
+    assert first.rerank_test["retrieval_ndcg@10"] == first.test["ndcg@10"]
+    text = summary(retriever, first)
+    assert "retrieval + rerank" in text and "reranked candidates" in text
+
+    again = run_pipeline(retriever, rerank)
+    assert _ran(again) == ["evaluate"]  # the rebuild check always runs
+    assert [s.output for s in again.stages] == [s.output for s in first.stages]
+    assert again.test == first.test and "remembered" in summary(retriever, again)
+
+    retuned = run_pipeline(retriever, _reranker(config, tiny_model_dir, successor_root, lr=0.02))
+    assert _ran(retuned) == ["evaluate", "reranker", "reranked candidates"]
+    assert retuned.run_dir == first.run_dir
+
+    candidates = Path(next(s.output for s in first.stages if s.name == "candidates"))
+    (candidates / "_manifest.json").unlink()  # as if the export had been killed
+    redone = run_pipeline(retriever)
+    assert _ran(redone) == ["evaluate", "candidates"]  # an incomplete output is redone
+    assert (candidates / "_manifest.json").is_file() and redone.rerank_test is None
