@@ -7,12 +7,16 @@ frozen text vector, the mean text vector of the user's items before the row, his
 the same temporal split (`data.ctr`). Each picks its settings on the validation split only:
 ours its epoch (`fit`, valid AUC), LightGBM its number of trees (early stopping on valid AUC)
 and leaves from a small grid, logistic regression its L2 strength from a small grid. All three
-are logged to one MLflow experiment (`ctr-<dataset>`). Prints a table and ends with one JSON line.
+are logged to one MLflow experiment (`ctr-<dataset>`). Then (`benchmarks/rerank.py`) the retrieval
+config is trained (or `--retrieval-run` reused) and the listwise reranker reorders its top K:
+test NDCG@10 of retrieval alone vs retrieval + rerank, and the rerank latency per 1,000 users
+(`--skip-rerank` leaves those keys null). Prints tables and ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -34,6 +38,9 @@ LIGHTGBM_GRID = ({"num_leaves": 15, "min_data_in_leaf": 50}, {"num_leaves": 63,
                                                                "min_data_in_leaf": 100})
 LOGREG_C = (0.01, 0.1, 1.0)  # inverse L2 strength, chosen on valid AUC
 SEED = 42
+_spec = importlib.util.spec_from_file_location("rerank", Path(__file__).parent / "rerank.py")
+rerank = sys.modules["rerank"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rerank)
 
 
 def lightgbm_model(train: FlatFeatures, valid: FlatFeatures, yt, yv, threads: int):
@@ -124,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for our model, e.g. train.epochs=5")
     parser.add_argument("--threads", type=int, default=2, help="LightGBM threads")
+    parser.add_argument("--skip-rerank", action="store_true", help="CTR peers only")
+    rerank.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)  # an import may have configured the root logger already
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
                "auc_ratio_vs_lightgbm": round(test["auc"] / lgbm["auc"], 5),
                "retrieval_ndcg@10": None, "rerank_ndcg@10": None, "rerank_ndcg@10_gain": None,
                "rerank_ms_per_1k_users": None}
+    if not args.skip_rerank:
+        summary.update(rerank.compare(args))
     print(json.dumps(summary))
     return summary
 

@@ -16,6 +16,7 @@ retrieval features per candidate: its score minus the list's top score, and log1
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -137,16 +138,24 @@ class RerankData:
         self.users, self.items = split.users, split.items
         self.user_known = np.array([len(p) > 0 for p in split.train])
         self.item_known = split.train_item_counts > 0
-        rows, ends = training_examples(split, config.train_positions)
-        histories = [split.train[r][:e] for r, e in zip(rows, ends, strict=True)]
-        targets = np.array([split.train[r][e] for r, e in zip(rows, ends, strict=True)], np.int64)
+        self._eval: dict[str, CandidateLists] = {}
+        self.train_examples = 0
+
+    @cached_property
+    def train(self) -> CandidateLists:
+        """The training lists whose target made the top K (built on first use: evaluation and
+        export never need them)."""
+        rows, ends = training_examples(self.split, self.config.train_positions)
+        prefixes = self.split.train
+        histories = [prefixes[r][:e] for r, e in zip(rows, ends, strict=True)]
+        targets = np.array([prefixes[r][e] for r, e in zip(rows, ends, strict=True)], np.int64)
         lists = self._retrieve(histories, rows, targets)
         self.train_examples = len(lists)
-        self.train = lists.take(lists.positive >= 0)  # a list without its target teaches nothing
-        if not len(self.train):
+        kept = lists.take(lists.positive >= 0)  # a list without its target teaches nothing
+        if not len(kept):
             raise ValueError("no training example has its target in the retriever's top "
-                             f"{config.candidates}: raise model.reranker.candidates")
-        self._eval: dict[str, CandidateLists] = {}
+                             f"{self.config.candidates}: raise model.reranker.candidates")
+        return kept
 
     @property
     def n_items(self) -> int:

@@ -112,8 +112,8 @@ def test_training_lists_read_only_the_past():
     split = _split()
     retriever = TableRetriever(split.n_items)
     data = RerankData(split, retriever, config, exclude_seen=True)
+    assert len(data.train) == 5 and data.train_examples == 5  # K = catalogue: all targets in
     assert retriever.seen == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [6]]
-    assert data.train_examples == 5 and len(data.train) == 5  # K = catalogue: all targets in
     future = copy.deepcopy(split)
     future.train[0][3:] = [9, 8]  # rewrite user a's items from position 3 on
     changed = RerankData(future, TableRetriever(split.n_items), config, exclude_seen=True)
