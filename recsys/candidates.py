@@ -220,7 +220,7 @@ def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, items: np.nda
     start = time.perf_counter()
     for i in mine:
         path, part = out / f"part-{i:05d}.parquet", rows[parts[i][0]:parts[i][1]]
-        if _part_done(path, job["job"]):
+        if part_done(path, job["job"]):
             done["parts_skipped"] += 1
             bar.update(len(part))
             continue
@@ -261,7 +261,7 @@ def write_part(path: Path, table: pa.Table, job: str) -> None:
                       "to resume") from err
 
 
-def _part_done(path: Path, job: str) -> bool:
+def part_done(path: Path, job: str) -> bool:
     """Whether `path` is a readable part of this job (a damaged one is written again)."""
     if not path.is_file():
         return False
@@ -279,7 +279,7 @@ def write_manifest(out: Path, job: dict[str, Any], cfg: ExportConfig,
     entries = []
     for i, (start, stop) in enumerate(parts):
         path = out / f"part-{i:05d}.parquet"
-        if not _part_done(path, job["job"]):
+        if not part_done(path, job["job"]):
             raise ValueError(f"{path} is missing or not of this job: the manifest is not written")
         meta = pq.read_metadata(path)
         entries.append({"file": path.name, "users": stop - start, "rows": meta.num_rows,

@@ -19,23 +19,21 @@ from scipy import sparse
 from recsys.config import RerankerConfig, TwoTowerConfig
 from recsys.data.ctr import CtrPart, CtrSplit
 from recsys.models.reranker import RerankerInputs
-from recsys.tower_inputs import categorical_codes, text_vectors
+from recsys.tower_inputs import (
+    categorical_codes,
+    require_columns,
+    text_vectors,
+    user_attribute_codes,
+)
 
 
 def build_reranker_inputs(config: RerankerConfig, items: pd.DataFrame, users: pd.DataFrame | None,
                           split: CtrSplit) -> RerankerInputs:
     """The model's tables for every catalogue item and every user row of `split`."""
-    _require(items, config.text + config.categorical, "items.parquet")
+    require_columns(items, config.text + config.categorical, "items.parquet", "model.reranker")
     item_codes = [categorical_codes(items[c], config.max_values) for c in config.categorical]
-    user_codes = []
-    if config.user_categorical:
-        if users is None:
-            raise ValueError("model.reranker.user_categorical is set but the dataset has no "
-                             "users.parquet")
-        _require(users, config.user_categorical, "users.parquet")
-        aligned = users.drop_duplicates("user_id").set_index("user_id").reindex(split.users.ids)
-        user_codes = [categorical_codes(aligned[c], config.max_values)
-                      for c in config.user_categorical]
+    user_codes = user_attribute_codes(users, split.users.ids, config.user_categorical,
+                                      config.max_values, "model.reranker")
     # the text path of the two-tower (same encoder, cache and sentence rules), reused as is
     text = text_vectors(TwoTowerConfig(text=config.text, encoder=config.encoder,
                                        text_max_tokens=config.text_max_tokens), items)
@@ -45,7 +43,7 @@ def build_reranker_inputs(config: RerankerConfig, items: pd.DataFrame, users: pd
         text=torch.as_tensor(text),
         categorical=tuple(torch.as_tensor(codes) for codes, _ in item_codes),
         vocab_sizes=tuple(size for _, size in item_codes),
-        user_categorical=tuple(torch.as_tensor(codes[1:]) for codes, _ in user_codes),
+        user_categorical=tuple(torch.as_tensor(codes) for codes, _ in user_codes),
         user_vocab_sizes=tuple(size for _, size in user_codes),
         item_known=torch.as_tensor(split.item_known),
         user_known=torch.as_tensor(split.user_known),
@@ -118,11 +116,3 @@ def _history_means(history: np.ndarray, n_rows: int) -> sparse.csr_matrix:
     counts = np.maximum((history > 0).sum(1), 1)
     return sparse.csr_matrix((1.0 / counts[rows], (rows, history[rows, cols])),
                              shape=(len(history), n_rows))
-
-
-def _require(table: pd.DataFrame, columns, name: str) -> None:
-    missing = [c for c in dict.fromkeys(columns) if c not in table.columns]
-    if missing:
-        known = ", ".join(c for c in table.columns if not c.endswith("_id"))
-        raise ValueError(f"{name} has no attribute {missing[0]!r} named in model.reranker "
-                         f"(attributes: {known})")

@@ -34,7 +34,7 @@ from features.ids import PAD
 from features.sequences import pad_left
 from recsys.atomic import write_json
 from recsys.candidate_search import SCHEMA
-from recsys.candidates import MANIFEST_FILE, export_candidates, write_part
+from recsys.candidates import MANIFEST_FILE, export_candidates, part_done, write_part
 from recsys.data.split import Split
 from recsys.export import full_histories
 from recsys.rerank_eval import choose_blend
@@ -76,7 +76,7 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
     started, entries = time.perf_counter(), []
     for part in manifest["parts"]:
         path = out / part["file"]
-        if not _done(path, job["job"]):
+        if not part_done(path, job["job"]):
             table = rerank_table(model, data.split, histories, pq.read_table(source / part["file"]),
                                  n, config.model.reranker.retrieval_features, blend)
             write_part(path, table, job["job"])
@@ -140,12 +140,3 @@ def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], ta
                                    frame["score"].to_numpy(np.float32)[picked]), pa.float32()),
         "stage": pa.array(np.where(reranked, STAGE, "retrieval"), pa.string())}, schema=SCHEMA)
     return out.replace_schema_metadata({"recsys.unknown_users": str(int((rows < 0).sum()))})
-
-
-def _done(path: Path, job: str) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        return (pq.read_schema(path).metadata or {}).get(b"recsys.job") == job.encode()
-    except (OSError, pa.ArrowException):
-        return False

@@ -29,17 +29,10 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
 
     `users` is the optional user table; train_counts (n_items + 1,) marks items with known IDs.
     """
-    _require_columns(items, config.text + config.categorical, "items.parquet")
+    require_columns(items, config.text + config.categorical, "items.parquet", "model.two_tower")
     categorical = [categorical_codes(items[c], config.max_values) for c in config.categorical]
-    user_categorical = []
-    if config.user_categorical:
-        if users is None:
-            raise ValueError("model.two_tower.user_categorical is set but the dataset has no "
-                             "users.parquet")
-        _require_columns(users, config.user_categorical, "users.parquet")
-        aligned = users.drop_duplicates("user_id").set_index("user_id").reindex(list(user_ids))
-        user_categorical = [categorical_codes(aligned[c], config.max_values)
-                            for c in config.user_categorical]
+    user_categorical = user_attribute_codes(users, user_ids, config.user_categorical,
+                                            config.max_values, "model.two_tower")
     tokens = lengths = None
     if config.finetune_text and config.text:  # the model encodes the text itself, as it learns
         tokens, lengths = map(torch.as_tensor, text_tokens(config, items))
@@ -52,7 +45,7 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
         vocab_sizes=tuple(size for _, size in categorical),
         id_known=torch.as_tensor(train_counts > 0),
         n_users=len(user_ids),
-        user_categorical=tuple(torch.as_tensor(codes[1:]) for codes, _ in user_categorical),
+        user_categorical=tuple(torch.as_tensor(codes) for codes, _ in user_categorical),
         user_vocab_sizes=tuple(size for _, size in user_categorical),
         tokens=tokens,
         token_lengths=lengths,
@@ -130,9 +123,28 @@ def _values(value) -> list[str]:
     return list(dict.fromkeys(v for v in cleaned if v))
 
 
-def _require_columns(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+def user_attribute_codes(users: pd.DataFrame | None, user_ids: Sequence[str],
+                         columns: Sequence[str], max_values: int,
+                         section: str) -> list[tuple[np.ndarray, int]]:
+    """Per user attribute: codes (len(user_ids), width) aligned to `user_ids` (-1 = none) and
+    the number of distinct values; `section` names the config that asked for them."""
+    if not columns:
+        return []
+    if users is None:
+        raise ValueError(f"{section}.user_categorical is set but the dataset has no "
+                         "users.parquet")
+    require_columns(users, columns, "users.parquet", section)
+    aligned = users.drop_duplicates("user_id").set_index("user_id").reindex(list(user_ids))
+    coded = (categorical_codes(aligned[c], max_values) for c in columns)
+    return [(codes[1:], size) for codes, size in coded]  # codes row 0 is the padding row
+
+
+def require_columns(table: pd.DataFrame, columns: Sequence[str], name: str,
+                    section: str) -> None:
+    """A clear error naming the first of `columns` (asked for by config `section`) missing
+    from `table` (the file `name`)."""
     missing = [c for c in dict.fromkeys(columns) if c not in table.columns]
     if missing:
         known = ", ".join(c for c in table.columns if not c.endswith("_id"))
-        raise ValueError(f"{name} has no attribute {missing[0]!r} named in model.two_tower "
+        raise ValueError(f"{name} has no attribute {missing[0]!r} named in {section} "
                          f"(attributes: {known})")
