@@ -77,23 +77,31 @@ def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], n
             done[batch][1][short] = found[start:start + len(short)]
             done[batch][2][short] = scores[start:start + len(short)]
             start += len(short)
-    short = sum(int((found[:, -1] == PAD).sum()) for _, found, _ in done)
-    table = pa.concat_tables([_rows(ids, found, scores, item_ids) for ids, found, scores in done])
-    return table.replace_schema_metadata(
-        {"recsys.short_users": str(short), "recsys.users": str(sum(len(d[0]) for d in done))})
+    ids, found, scores = (np.concatenate(column) for column in zip(*done))  # (U,), (U, K) x2
+    short = int((found[:, -1] == PAD).sum())
+    return _rows(ids, found, scores, item_ids).replace_schema_metadata(
+        {"recsys.short_users": str(short), "recsys.users": str(len(ids))})
 
 
 def _rows(ids: np.ndarray, found: np.ndarray, scores: np.ndarray, item_ids: pa.Array) -> pa.Table:
-    """The rows of B users (raw ids (B,)) from their items (B, K) (PAD = none) and scores."""
-    keep = found != PAD  # (B, K)
+    """The rows of U users (raw ids (U,)) from their items (U, K) (PAD = none) and scores.
+
+    user_id, rank and stage are dictionary arrays over the part's users, the ranks and the stage
+    (SCHEMA's types once written): parquet then writes their dictionaries as they are instead of
+    hashing a million strings to find them."""
+    keep = found != PAD  # (U, K)
     user, col = np.nonzero(keep)  # row-major: users in order, best first
     return pa.table({
-        "user_id": pa.array(ids, pa.string()).take(user),
-        "rank": pa.array((col + 1).astype(np.int32)),
+        "user_id": _dictionary(user, pa.array(ids, pa.string())),
+        "rank": _dictionary(col, pa.array(np.arange(1, found.shape[1] + 1, dtype=np.int32))),
         "item_id": item_ids.take(found[keep] - 1),
         "score": pa.array(scores[keep]),
-        "stage": pa.repeat(pa.scalar(STAGE, pa.string()), len(user)),
-    }, schema=SCHEMA)
+        "stage": _dictionary(np.zeros(len(user), np.int32), pa.array([STAGE], pa.string())),
+    })
+
+
+def _dictionary(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32, copy=False)), values)
 
 
 def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: Catalogue,

@@ -46,7 +46,9 @@ JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"
 PART_DELAY_ENV = "RECSYS_EXPORT_PART_DELAY"  # test-only: seconds to sleep after each part
 # dictionary-encode the columns with few distinct values per part (user_id repeats K times);
 # compress only item_id: scores do not compress, and the dictionary columns are small already;
-# min/max statistics for user_id only (a reader looking for a user can skip parts by them)
+# min/max statistics for user_id only (a reader looking for a user can skip parts by them).
+# The arrow schema is not stored: dictionary arrays in memory (candidate_search._rows) read back
+# as the plain types of candidate_search.SCHEMA.
 PARQUET_OPTIONS = {
     "use_dictionary": ["user_id", "rank", "stage"],
     "compression": {"user_id": "none", "rank": "none", "item_id": "snappy", "score": "none",
@@ -252,9 +254,10 @@ def write_part(path: Path, table: pa.Table, job: str) -> None:
     """Write one part atomically; a failed write leaves no file and says how to go on."""
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     try:
-        with atomic_path(path) as tmp:
-            pq.write_table(table.replace_schema_metadata({**meta, "recsys.job": job}), tmp,
-                           **PARQUET_OPTIONS)
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, table.schema, store_schema=False,
+                                                         **PARQUET_OPTIONS) as writer:
+            writer.write_table(table)
+            writer.add_key_value_metadata({**meta, "recsys.job": job})
     except OSError as err:
         raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); no part of it "
                       "was kept and no manifest written: free space and rerun the same command "

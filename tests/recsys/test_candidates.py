@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from recsys import candidates
-from recsys.candidate_search import build_catalogue, candidates_table
+from recsys.candidate_search import SCHEMA, build_catalogue, candidates_table
 from recsys.candidates import export_candidates
 from recsys.cli import main
 from recsys.config import ExportConfig
@@ -98,6 +98,8 @@ def test_candidates_are_the_exact_top_k_of_unseen_items(run, scores, tmp_path):
 
     manifest = json.loads((tmp_path / "c" / "_manifest.json").read_text())
     assert [p["file"] for p in manifest["parts"]] == [f"part-0000{i}.parquet" for i in range(3)]
+    schema = pq.read_schema(tmp_path / "c" / "part-00000.parquet")  # plain types, not dictionaries
+    assert schema.remove_metadata() == SCHEMA and schema.metadata[b"recsys.users"] == b"50"
     assert [p["users"] for p in manifest["parts"]] == [50, 50, 20]
     for part in manifest["parts"]:
         path = tmp_path / "c" / part["file"]
@@ -200,22 +202,22 @@ def test_a_failing_write_leaves_no_partial_part_and_a_rerun_completes(
 ):
     args = ["export", "--run", str(run), "--what", "candidates", "--k", "5",
             "--set", "export.part_users=40"]
-    real_write, calls = pq.write_table, []
+    real_writer, calls = pq.ParquetWriter, []
 
-    def disk_full_on_second_part(table, where, **kwargs):
-        calls.append(where)
-        if len(calls) == 2:
-            Path(where).write_bytes(b"PAR1 half a part")
-            raise OSError(28, "No space left on device")
-        return real_write(table, where, **kwargs)
+    class DiskFullOnSecondPart(real_writer):  # the temp part is open and half written
+        def write_table(self, table, *args, **kwargs):
+            calls.append(table)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
+            super().write_table(table, *args, **kwargs)
 
-    monkeypatch.setattr(candidates.pq, "write_table", disk_full_on_second_part)
+    monkeypatch.setattr(candidates.pq, "ParquetWriter", DiskFullOnSecondPart)
     assert main([*args, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "part-00001.parquet" in err and "No space left on device" in err and "rerun" in err
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["_job.json",
                                                                   "part-00000.parquet"]
-    monkeypatch.setattr(candidates.pq, "write_table", real_write)
+    monkeypatch.setattr(candidates.pq, "ParquetWriter", real_writer)
     assert main([*args, "--out", str(tmp_path / "c")]) == 0
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
     assert _files(tmp_path / "c") == _files(tmp_path / "clean")
