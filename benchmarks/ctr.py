@@ -113,7 +113,7 @@ def run_baseline(name: str, config: Config, split: CtrSplit, feats: dict[str, Fl
     for which in ("valid", "test"):
         part = split.part(which)
         out[which] = ctr_metrics(part.labels, np.asarray(predict(feats[which]), np.float64),
-                                 part.users)
+                                 part.users, part.impressions)
     with tracking.start_run(config.tracking, name=name):
         tracking.log_params({"model": name, **params, "features": len(feats["train"].names),
                              "data": config_to_dict(config)["data"]})

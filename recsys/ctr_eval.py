@@ -12,7 +12,7 @@ from torch import nn
 from recsys.atomic import write_json
 from recsys.ctr_task import part_tensors
 from recsys.data.ctr import CtrSplit
-from recsys.metrics import auc, calibration_table, grouped_auc, log_loss
+from recsys.metrics import auc, calibration_table, grouped_auc, impression_metrics, log_loss
 from recsys.plots import calibration_plot
 
 SELECT = "auc"  # the validation metric that picks the best epoch of a CTR run
@@ -29,10 +29,15 @@ def predict(model: nn.Module, split: CtrSplit, which: str, batch_size: int = 409
     return torch.cat(out).double().numpy()
 
 
-def ctr_metrics(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """AUC, grouped AUC (per `groups`, e.g. users), log loss, decile calibration error, rates."""
+def ctr_metrics(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray,
+                impressions: np.ndarray | None = None) -> dict[str, float]:
+    """AUC, grouped AUC (per `groups`, e.g. users), log loss, decile calibration error, rates;
+    with `impressions` (n,) also MIND's per-impression metrics, prefixed `impression_`."""
     if not np.isfinite(probs).all():
         raise ValueError("the model predicted NaN or infinite probabilities")
+    per_impression = ({} if impressions is None else
+                      {f"impression_{k}": v
+                       for k, v in impression_metrics(labels, probs, impressions).items()})
     return {
         "auc": auc(labels, probs),
         "gauc": grouped_auc(labels, probs, groups),
@@ -41,13 +46,14 @@ def ctr_metrics(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> di
         "positive_rate": float(np.mean(labels)),
         "predicted_rate": float(np.mean(probs)),
         "rows": float(len(labels)),
+        **per_impression,
     }
 
 
 def evaluate_ctr(model: nn.Module, split: CtrSplit, which: str) -> dict[str, float]:
     """CTR metrics of `model` on `which` ("valid" or "test"); GAUC groups rows by user."""
     part = split.part(which)
-    return ctr_metrics(part.labels, predict(model, split, which), part.users)
+    return ctr_metrics(part.labels, predict(model, split, which), part.users, part.impressions)
 
 
 def write_calibration(model: nn.Module, split: CtrSplit, which: str, folder: Path) -> list[Path]:

@@ -74,18 +74,44 @@ def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> f
     Groups with a single class have no AUC and are skipped; NaN if no group has both classes.
     """
     labels, scores = _check_ctr(labels, scores)
+    total, weight = 0.0, 0
+    for rows in _mixed_groups(labels, groups):
+        total += len(rows) * auc(labels[rows], scores[rows])
+        weight += len(rows)
+    return float(total / weight) if weight else float("nan")
+
+
+def impression_metrics(labels: np.ndarray, scores: np.ndarray,
+                       impressions: np.ndarray) -> dict[str, float]:
+    """MIND's ranking metrics of clicks within each impression, averaged over impressions
+    (unweighted): `auc`, `mrr` (sum over clicks of 1 / rank, over the clicks), `ndcg@5`,
+    `ndcg@10`, and `count`, the impressions averaged. Labels (n,) in {0, 1}, scores and impression
+    ids (n,). Impressions with only clicks or none have no AUC and are skipped; NaN if all are.
+    """
+    labels, scores = _check_ctr(labels, scores)
+    rows_of = _mixed_groups(labels, impressions)
+    sums = {"auc": 0.0, "mrr": 0.0, "ndcg@5": 0.0, "ndcg@10": 0.0}
+    for rows in rows_of:
+        clicked = labels[rows][np.argsort(-scores[rows], kind="stable")]  # (m,) by score
+        discount = 1.0 / np.log2(np.arange(2, len(rows) + 2))  # (m,)
+        ideal = np.sort(clicked)[::-1]
+        sums["auc"] += auc(labels[rows], scores[rows])
+        sums["mrr"] += float((clicked / np.arange(1, len(rows) + 1)).sum() / clicked.sum())
+        for k in (5, 10):
+            sums[f"ndcg@{k}"] += float((clicked[:k] * discount[:k]).sum()
+                                       / (ideal[:k] * discount[:k]).sum())
+    n = len(rows_of)
+    return {**{k: v / n if n else float("nan") for k, v in sums.items()}, "count": float(n)}
+
+
+def _mixed_groups(labels: np.ndarray, groups: np.ndarray) -> list[np.ndarray]:
+    """Row positions of each group (by first sorted group key) holding both classes."""
     groups = np.asarray(groups)
     if groups.shape != labels.shape:
         raise ValueError(f"groups {groups.shape} and labels {labels.shape} differ in shape")
     order = np.argsort(groups, kind="stable")
     bounds = np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1
-    total, weight = 0.0, 0
-    for rows in np.split(order, bounds):
-        positives = labels[rows].sum()
-        if 0 < positives < len(rows):
-            total += len(rows) * auc(labels[rows], scores[rows])
-            weight += len(rows)
-    return float(total / weight) if weight else float("nan")
+    return [rows for rows in np.split(order, bounds) if 0 < labels[rows].sum() < len(rows)]
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:

@@ -38,6 +38,7 @@ class CtrPart:
     times: np.ndarray  # (n,) int64 seconds
     history: np.ndarray  # (n, max_len) int64 items before the row, oldest first, 0-padded left
     stats: np.ndarray  # (n, 2) float32: log1p(earlier labelled rows), their smoothed positive rate
+    impressions: np.ndarray | None  # (n,) int64 impression of the row (impression data), or None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -126,6 +127,8 @@ def ctr_split(interactions: pd.DataFrame, item_ids: pd.Series, positive_min: flo
     trained = labelled & (time < cuts[0])
     prior = float(labels[trained].mean()) if trained.any() else 0.5  # the training positive rate
     stats = _stats(user, labels, time, labelled, prior)
+    impression = (pd.factorize(interactions["impression_id"])[0].astype(np.int64)
+                  if "impression_id" in interactions.columns else None)
 
     bounds = {"train": labelled & (time < cuts[0]),
               "valid": labelled & (time >= cuts[0]) & (time < cuts[1]),
@@ -135,7 +138,8 @@ def ctr_split(interactions: pd.DataFrame, item_ids: pd.Series, positive_min: flo
         rows = np.flatnonzero(mask)
         rows = rows[np.argsort(time[rows], kind="stable")]
         parts[name] = CtrPart(user[rows], item[rows], labels[rows].astype(np.float32),
-                              time[rows], history[rows], stats[rows])
+                              time[rows], history[rows], stats[rows],
+                              None if impression is None else impression[rows])
         _check_part(name, parts[name])
     user_known = np.zeros(len(users), bool)
     user_known[parts["train"].users] = True

@@ -145,6 +145,23 @@ def test_impression_history_holds_clicks_only():
     np.testing.assert_array_equal(split.valid.history[0], [0, 1, 4])  # t=5: x@1, w@3
 
 
+def test_impression_rows_carry_their_impression_and_rating_rows_none():
+    rows = [("a", "x", 1, 1), ("a", "y", 1, 0), ("b", "z", 2, 0), ("b", "w", 2, 1),
+            ("a", "v", 3, 0), ("a", "x", 3, 1), ("b", "y", 4, 0), ("b", "z", 4, 1)]
+    table = _table(rows, rating=False)
+    table["impression_id"] = ["i1", "i1", "i2", "i2", "i3", "i3", "i4", "i4"]
+    split = ctr_split(table, pd.Series(list("xyzwv")), valid_from=0.5, test_from=0.75)
+    codes = np.concatenate([split.part(p).impressions for p in ("train", "valid", "test")])
+    times = np.concatenate([split.part(p).times for p in ("train", "valid", "test")])
+    # one code per impression, rows of an impression share it (and its time)
+    assert len(set(codes.tolist())) == 4
+    assert all(len(set(times[codes == c].tolist())) == 1 and (codes == c).sum() == 2
+               for c in set(codes.tolist()))
+    ratings = ctr_split(_table([(u, i, t, 5 * v) for u, i, t, v in rows]),
+                        pd.Series(list("xyzwv")), valid_from=0.5, test_from=0.75)
+    assert ratings.train.impressions is None
+
+
 def test_a_single_class_validation_split_is_an_error():
     rows = [("a", f"i{t}", t, 5 if t % 2 else 1) for t in range(8)]
     rows += [("a", "i8", 8, 5), ("a", "i9", 9, 1), ("a", "i9", 10, 5)]  # valid: all positive

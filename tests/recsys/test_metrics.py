@@ -3,11 +3,13 @@ import math
 import numpy as np
 import pytest
 
+from recsys.ctr_eval import ctr_metrics
 from recsys.metrics import (
     auc,
     calibration_table,
     coverage,
     grouped_auc,
+    impression_metrics,
     log_loss,
     mrr_at_k,
     ndcg_at_k,
@@ -68,6 +70,21 @@ def test_grouped_auc_weights_groups_by_rows_and_skips_single_class_groups():
     assert np.isnan(grouped_auc(np.array([1, 1]), np.array([0.1, 0.2]), np.array([0, 0])))
 
 
+def test_impression_metrics_by_hand_skip_impressions_without_both_classes():
+    labels = np.array([0, 1, 0, 1, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.1, 0.5, 0.2, 0.3, 0.4, 0.6])
+    impressions = np.array(["a", "a", "a", "a", "b", "b", "c", "c"])  # c: no click, skipped
+    got = impression_metrics(labels, scores, impressions)
+    # a ranks its clicks 2nd and 3rd of 4 (AUC 2/4); b ranks its one click 2nd of 2 (AUC 0)
+    ndcg_a = (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert got["auc"] == pytest.approx((0.5 + 0.0) / 2)
+    assert got["mrr"] == pytest.approx(((1 / 2 + 1 / 3) / 2 + 1 / 2) / 2)
+    assert got["ndcg@5"] == pytest.approx((ndcg_a + 1 / np.log2(3)) / 2)
+    assert got["ndcg@10"] == got["ndcg@5"] and got["count"] == 2
+    assert np.isnan(impression_metrics(np.array([0, 0]), np.array([0.1, 0.2]),
+                                       np.array([1, 1]))["auc"])
+
+
 def test_log_loss_by_hand_and_clipping():
     labels = np.array([1, 0])
     probs = np.array([0.8, 0.4])
@@ -97,3 +114,14 @@ def test_ctr_metrics_reject_bad_input():
         log_loss(np.array([1, 0]), np.array([1.5, 0.2]))
     with pytest.raises(ValueError, match="shape|1-d"):
         grouped_auc(np.array([1, 0]), np.array([0.1, 0.2]), np.array([0]))
+
+
+def test_ctr_metrics_add_per_impression_metrics_only_for_impression_data():
+    labels, probs = np.array([1, 0, 0, 1]), np.array([0.9, 0.2, 0.7, 0.4])
+    users, impressions = np.array([0, 0, 1, 1]), np.array([5, 5, 6, 6])
+    plain = ctr_metrics(labels, probs, users)
+    assert not any(key.startswith("impression_") for key in plain)
+    both = ctr_metrics(labels, probs, users, impressions)
+    assert both["impression_auc"] == pytest.approx(0.5)  # impression 5 right, 6 wrong
+    assert both["impression_mrr"] == pytest.approx((1 + 1 / 2) / 2)
+    assert both["impression_count"] == 2 and both["auc"] == plain["auc"]
