@@ -77,7 +77,8 @@ def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], n
             done[batch][1][short] = found[start:start + len(short)]
             done[batch][2][short] = scores[start:start + len(short)]
             start += len(short)
-    ids, found, scores = (np.concatenate(column) for column in zip(*done))  # (U,), (U, K) x2
+    # (U,) ids, (U, K) items and scores of the whole part
+    ids, found, scores = (np.concatenate(column) for column in zip(*done, strict=True))
     short = int((found[:, -1] == PAD).sum())
     return _rows(ids, found, scores, item_ids).replace_schema_metadata(
         {"recsys.short_users": str(short), "recsys.users": str(len(ids))})

@@ -30,7 +30,7 @@ class IdRows:
         table.map_locations(hashes)
         self.hashed = len(table) == len(ids)  # else colliding hashes (or repeated ids)
         self._table = table if self.hashed else None
-        self._dict = None if self.hashed else dict(zip(ids, range(len(ids))))
+        self._dict = None if self.hashed else dict(zip(ids, range(len(ids)), strict=True))
 
     def row(self, id_: str) -> int:
         """The row of one id, -1 if unknown. TypeError: an unhashable id."""
