@@ -284,16 +284,21 @@ def write_manifest(out: Path, job: dict[str, Any], cfg: ExportConfig,
         path = out / f"part-{i:05d}.parquet"
         if not part_done(path, job["job"]):
             raise ValueError(f"{path} is missing or not of this job: the manifest is not written")
-        meta = pq.read_metadata(path)
-        entries.append({"file": path.name, "users": stop - start, "rows": meta.num_rows,
-                        "short_users": int(meta.metadata[b"recsys.short_users"]),
-                        "sha256": file_sha256(path)})
+        entries.append(part_entry(path, stop - start, "short_users"))
     identity = {key: v for key, v in job.items() if key not in ("settings", "paths")}
     doc = {**identity, "config": config_to_dict(cfg), "rows": sum(e["rows"] for e in entries),
            "short_users": sum(e["short_users"] for e in entries), "parts": entries,
            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     write_json(out / MANIFEST_FILE, doc)
     return doc
+
+
+def part_entry(path: Path, users: int, counted: str) -> dict[str, Any]:
+    """A written part's manifest entry: file, users, rows, the count its metadata keeps as
+    `recsys.<counted>` (e.g. short_users), sha256."""
+    meta = pq.read_metadata(path)
+    return {"file": path.name, "users": users, "rows": meta.num_rows,
+            counted: int(meta.metadata[f"recsys.{counted}".encode()]), "sha256": file_sha256(path)}
 
 
 def _totals(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from features.ids import PAD
 from features.sequences import pad_left
 from recsys.atomic import write_json
 from recsys.candidate_search import SCHEMA
-from recsys.candidates import MANIFEST_FILE, export_candidates, part_done, write_part
+from recsys.candidates import MANIFEST_FILE, export_candidates, part_done, part_entry, write_part
 from recsys.data.split import Split
 from recsys.export import full_histories
 from recsys.rerank_eval import choose_blend
@@ -80,10 +80,7 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
             table = rerank_table(model, data.split, histories, pq.read_table(source / part["file"]),
                                  n, config.model.reranker.retrieval_features, blend)
             write_part(path, table, job["job"])
-        meta = pq.read_metadata(path)
-        entries.append({"file": path.name, "users": part["users"], "rows": meta.num_rows,
-                        "unknown_users": int(meta.metadata[b"recsys.unknown_users"]),
-                        "sha256": file_sha256(path)})
+        entries.append(part_entry(path, part["users"], "unknown_users"))
     doc = {**job, "config": {"k": n}, "rows": sum(e["rows"] for e in entries),
            "unknown_users": sum(e["unknown_users"] for e in entries), "parts": entries}
     write_json(out / MANIFEST_FILE, doc)
