@@ -244,7 +244,8 @@ class EmbeddingStore:
     def get(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors (n, dim) float32 for `ids` (n,) and found (n,) bool, from one version.
 
-        Ids may repeat (each is answered); [] gives (0, dim). Unknown ids follow `unknown`.
+        Ids may repeat (each is answered); [] gives (0, dim). Unknown ids follow `unknown`
+        (ids are matched by their 64-bit hash: see serving/id_rows.py for the odds of a clash).
         """
         return self._snapshot.get(ids, self.unknown, self.fallback)
 
