@@ -57,7 +57,8 @@ def rerank_data(config: Config) -> RerankData:
     if run is None:
         raise ValueError("model.reranker.retrieval_run must name a retrieval run dir for task "
                          "'listwise'")
-    retriever, retrieval_config, split = load_run(Path(run) / "checkpoint" / "best")
+    with torch.random.fork_rng():  # load_run seeds with the retriever's seed, not the reranker's
+        retriever, retrieval_config, split = load_run(Path(run) / "checkpoint" / "best")
     if retrieval_config.model.name == "reranker" or not hasattr(retriever, "score"):
         raise ValueError(f"{run} is a {retrieval_config.model.name!r} run, not a retriever")
     ours, theirs = config.data, retrieval_config.data

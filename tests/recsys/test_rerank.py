@@ -25,7 +25,7 @@ from recsys.rerank_eval import rerank_ranks
 from recsys.rerank_export import export_reranked, rerank_table
 from recsys.rerank_lists import RerankData, retrieve_lists, training_examples
 from recsys.rerank_task import sample_columns
-from recsys.runs import evaluate_run, load_run
+from recsys.runs import evaluate_run, load_run, rerank_data
 from recsys.train import fit
 
 
@@ -146,6 +146,7 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
         "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
         "encoder": {"path": str(tiny_model_dir), "cache_dir": str(successor_root / "cache")}}}
     raw["train"].update(epochs=3, batch_size=32, lr=0.01)
+    assert _keeps_rng(lambda: rerank_data(config_from_dict(raw)))  # train.seed is the reranker's
     result = fit(config_from_dict(raw))
     test = result.metrics["test"]
     assert result.metrics["selection"] == "valid ndcg@10"
@@ -186,3 +187,12 @@ def _check_reranked_export(retrieval_run, rerank_run, out):
     assert nobody["item_id"].tolist() == expected["item_id"].tolist()
     assert (nobody["stage"] == "retrieval").all() and (nobody["rank"] == [1, 2, 3]).all()
     assert (out_table.loc[out_table["user_id"] != "nobody", "stage"] == "rerank").all()
+
+
+def _keeps_rng(call) -> bool:
+    """Whether `call()` leaves the global torch random stream where it was."""
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    call()
+    return torch.equal(torch.rand(3), expected)
