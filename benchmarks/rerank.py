@@ -59,12 +59,14 @@ def compare(args: argparse.Namespace) -> dict:
              test["mrr@10"], f"{test['rerank_ms_per_1k_users']:.0f}")]
     print(f"\nRerank on {args.dataset}: {int(test['users'])} test users, retrieval run {run}, "
           f"rerank run {result.run_dir} (best epoch {result.metrics['best_epoch']}), "
-          f"target in top {k}: {test[f'hit@{k}']:.3f}, exclude_seen={config.eval.exclude_seen}")
+          f"target in top {k}: {test[f'hit@{k}']:.3f}, exclude_seen={config.eval.exclude_seen}, "
+          f"NDCG@10 gain {test['ndcg@10_gain']:+.4f} (paired s.e. {test['ndcg@10_gain_se']:.4f})")
     print(table(("stage", "NDCG@10", "Recall@10", "NDCG@20", "MRR@10", "rerank ms / 1k users"),
                 rows))
     return {"retrieval_ndcg@10": round(test["retrieval_ndcg@10"], 5),
             "rerank_ndcg@10": round(test["ndcg@10"], 5),
             "rerank_ndcg@10_gain": round(test["ndcg@10"] - test["retrieval_ndcg@10"], 5),
+            "rerank_ndcg@10_gain_se": round(test["ndcg@10_gain_se"], 5),
             "retrieval_recall@10": round(test["retrieval_recall@10"], 5),
             "rerank_recall@10": round(test["recall@10"], 5),
             "rerank_ms_per_1k_users": round(test["rerank_ms_per_1k_users"], 1),

@@ -42,6 +42,15 @@ def rerank_ranks(target_rank: np.ndarray, positive: np.ndarray, scores: np.ndarr
     return ranks
 
 
+def paired_stderr(ranks: np.ndarray, base: np.ndarray, k: int = 10) -> float:
+    """Standard error of the mean per-user NDCG@k difference between `ranks` and `base` (n,),
+    the same users: how far the gain of a rerank over its own retrieval is from noise."""
+    def gains(r: np.ndarray) -> np.ndarray:
+        return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+    diff = gains(ranks) - gains(base)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+
+
 @torch.inference_mode()
 def score_lists(model: nn.Module, lists: CandidateLists, batch_size: int = 256) -> np.ndarray:
     """(n, K) float32 reranker logits of every list's candidates, -inf on padding."""
@@ -84,6 +93,7 @@ def evaluate_rerank(model: nn.Module, data: RerankData, which: str,
             out[f"{name}ndcg@{k}"] = ndcg_at_k(r, k)
         out[f"{name}mrr@10"] = mrr_at_k(r, 10)
     out["ndcg@10_gain"] = out["ndcg@10"] - out["retrieval_ndcg@10"]
+    out["ndcg@10_gain_se"] = paired_stderr(ranks, lists.target_rank)
     out[f"hit@{lists.items.shape[1]}"] = float(np.mean(lists.positive >= 0))
     out["rerank_ms_per_1k_users"] = 1e6 * seconds / max(len(lists), 1)
     out["users"] = float(len(lists))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from recsys.config import RerankerConfig, config_from_dict, config_to_dict
 from recsys.data.split import Split
 from recsys.export import full_histories
 from recsys.losses import listwise_softmax
-from recsys.rerank_eval import rerank_ranks
+from recsys.rerank_eval import paired_stderr, rerank_ranks
 from recsys.rerank_export import export_reranked, rerank_table
 from recsys.rerank_lists import RerankData, retrieve_lists, training_examples
 from recsys.rerank_task import sample_columns
@@ -55,6 +56,14 @@ def test_rerank_ranks_by_hand():
     # user 0: its target (column 2) has the best rerank score; user 2: a tie with column 0,
     # which was retrieved earlier and stays ahead
     np.testing.assert_array_equal(rerank_ranks(target_rank, positive, scores), [0, 7, 1])
+
+
+def test_paired_stderr_by_hand():
+    ranks, base = np.array([0, 20, 1]), np.array([1, 0, 1])
+    diff = [1 - 1 / math.log2(3), -1.0, 0.0]  # per-user NDCG@10 of ranks minus that of base
+    expected = statistics.stdev(diff) / math.sqrt(3)
+    assert paired_stderr(ranks, base) == pytest.approx(expected)
+    assert paired_stderr(base, base) == 0.0
 
 
 class TableRetriever(torch.nn.Module):
@@ -154,6 +163,7 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
     assert test["retrieval_recall@10"] == pytest.approx(retrieval.metrics["test"]["recall@10"])
     assert test["recall@50"] == pytest.approx(retrieval.metrics["test"]["recall@50"])  # K = 10
     assert test["ndcg@10_gain"] == pytest.approx(test["ndcg@10"] - test["retrieval_ndcg@10"])
+    assert test["ndcg@10_gain_se"] >= 0
     assert test["rerank_ms_per_1k_users"] > 0 and test["blend"] in (0.0, 1000.0)
     if test["blend"] == 1000.0:  # the retrieval score dominates: retrieval order comes back
         assert test["ndcg@10"] == pytest.approx(test["retrieval_ndcg@10"], abs=1e-3)
