@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (path, overrides) in runs.items():
         if args.only and name not in args.only:
             continue
-        metrics = fit(load_config(path, [*overrides, *data, *args.set])).metrics
+        named = [*overrides, *data, f"tracking.run_name={name}", *args.set]
+        metrics = fit(load_config(path, named)).metrics
         test = metrics["test"]
         results[name] = {k: round(test[k], 5) for k in KEYS if k in test}
         results[name].update(epochs=metrics["epochs"], train_seconds=round(

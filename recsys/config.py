@@ -172,6 +172,7 @@ class EvalConfig:
 class TrackingConfig:
     experiment: str = "recsys"  # MLflow experiment name
     uri: str | None = None  # tracking URI; None -> $MLFLOW_TRACKING_URI or sqlite:///mlruns.db
+    run_name: str | None = None  # MLflow run name; None -> the model name
 
 
 @dataclass(frozen=True)

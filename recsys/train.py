@@ -69,7 +69,8 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
              "n_items": split.n_items, "done": False}
 
     run_id = Path(resume).name if resume is not None else None
-    with tracking.start_run(config.tracking, run_id=run_id, name=config.model.name) as run:
+    name = config.tracking.run_name or config.model.name
+    with tracking.start_run(config.tracking, run_id=run_id, name=name) as run:
         if resume is None:
             run_dir = _new_run_dir(config, run.info.run_id)
             tracking.log_params(config_to_dict(config))

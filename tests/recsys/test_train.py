@@ -45,6 +45,15 @@ def test_mlflow_run_has_params_epoch_metrics_test_metrics_and_artifacts(config):
     assert [m.step for m in history] == list(range(1, config.train.epochs + 1))
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "metrics.json", "training_curve.png"} <= artifacts
+    assert run.info.run_name == "sasrec"  # the model's name unless tracking.run_name says
+
+
+def test_tracking_run_name_names_the_mlflow_run(config):
+    config = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking,
+                                                                      run_name="variant_b"),
+                                 train=dataclasses.replace(config.train, epochs=1))
+    result = fit(config)
+    assert MlflowClient(config.tracking.uri).get_run(result.run_id).info.run_name == "variant_b"
 
 
 def test_early_stopping_keeps_the_best_epoch(config):
