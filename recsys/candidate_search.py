@@ -5,11 +5,13 @@ Apart from the job (`recsys.candidates`) so that benchmarks/export.py times this
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import faiss
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
@@ -62,8 +64,7 @@ def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], n
     if not isinstance(item_ids, pa.Array):
         item_ids = pa.array(item_ids, pa.string())
     done, retry = [], []  # per batch (ids, items, scores); (batch, positions, queries, seen)
-    for queries, seen, ids in batches:
-        found, scores, short = top_unseen(queries, seen, catalogue, cfg)
+    for (queries, seen, ids), (found, scores, short) in _search_batches(batches, catalogue, cfg):
         done.append((ids, found, scores))
         if len(short):
             retry.append((len(done) - 1, short, queries[short], [seen[i] for i in short]))
@@ -82,6 +83,22 @@ def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], n
     short = int((found[:, -1] == PAD).sum())
     return _rows(ids, found, scores, item_ids).replace_schema_metadata(
         {"recsys.short_users": str(short), "recsys.users": str(len(ids))})
+
+
+def _search_batches(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
+                    catalogue: Catalogue, cfg: ExportConfig) -> Iterator[tuple[tuple, tuple]]:
+    """(batch, top_unseen of it) per batch, in order. Batches are searched by a pool of
+    single-threaded workers, each a batch from search to dropping the seen: one multi-threaded
+    search per batch would leave all cores but one idle while numpy drops the seen."""
+    def work(batch: tuple) -> tuple[tuple, tuple]:
+        return batch, top_unseen(batch[0], batch[1], catalogue, cfg)
+
+    workers = ann.search_threads(catalogue.index)
+    if workers == 1:
+        yield from map(work, batches)
+        return
+    with ThreadPoolExecutor(workers, initializer=faiss.omp_set_num_threads, initargs=(1,)) as pool:
+        yield from pool.map(work, batches)  # takes every batch of the part at once
 
 
 def _rows(ids: np.ndarray, found: np.ndarray, scores: np.ndarray, item_ids: pa.Array) -> pa.Table:

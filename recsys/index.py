@@ -262,6 +262,12 @@ def _to_gpu(index: faiss.Index, what: str) -> faiss.Index:
     return gpu
 
 
+def search_threads(index: faiss.Index) -> int:
+    """How many threads may search `index` at once, each with one OpenMP thread: as many as
+    faiss would use on a CPU index; 1 on a GPU, whose indexes are not safe to share."""
+    return 1 if _on_gpu(index) else max(1, faiss.omp_get_max_threads())
+
+
 def _on_gpu(index: faiss.Index) -> bool:
     return hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex)
 
