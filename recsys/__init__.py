@@ -3,7 +3,16 @@
 Python API: `load_config(path)` -> `fit(config)` -> a run dir and an MLflow run.
 """
 
-from recsys.config import Config, load_config
+import os
+
+# Back torch's CPU tensors of 2 MB and more with transparent huge pages (read by torch once, at
+# its first allocation, so only if torch is not imported yet). Training frees and re-allocates
+# its large tensors (a full-softmax step's logits are ~100 MB) every step, and each comes back
+# as fresh pages the kernel must fault in and zero one 4 KB page at a time: with huge pages the
+# quickstart's epochs ran ~20% faster (55 s -> 43 s for two), same results, no more memory.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+from recsys.config import Config, load_config  # noqa: E402
 
 __all__ = ["Config", "export_candidates", "fit", "load_config"]
 
