@@ -159,6 +159,7 @@ class TrainConfig:
     patience: int = 10  # validations without a better valid NDCG@10 before stopping
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     runs_dir: str = "runs"  # run directories live here
+    keep_freed_memory: bool = False  # faster CPU epochs for more peak RSS (recsys/memory.py)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from recsys.checkpoint import has_checkpoint, load_weights, restore_training, sa
 from recsys.config import Config, config_from_dict, config_to_dict
 from recsys.data.ctr import CtrSplit
 from recsys.data.split import Split
+from recsys.memory import keep_freed_memory
 from recsys.plots import training_curve
 from recsys.runs import (
     evaluate_model,
@@ -57,6 +58,8 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     cfg = config.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory and not keep_freed_memory():
+        log.warning("train.keep_freed_memory needs glibc's malloc: left as it was")
     torch.manual_seed(cfg.seed)
     dataset, split = load_data(config)
     model = new_model(config, dataset, split)
