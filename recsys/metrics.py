@@ -105,7 +105,7 @@ def impression_metrics(labels: np.ndarray, scores: np.ndarray,
 
 
 def _mixed_groups(labels: np.ndarray, groups: np.ndarray) -> list[np.ndarray]:
-    """Row positions of each group (by first sorted group key) holding both classes."""
+    """Row positions of each group (in sorted group order) that holds both classes."""
     groups = np.asarray(groups)
     if groups.shape != labels.shape:
         raise ValueError(f"groups {groups.shape} and labels {labels.shape} differ in shape")
