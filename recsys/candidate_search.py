@@ -63,23 +63,20 @@ def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], n
     """
     if not isinstance(item_ids, pa.Array):
         item_ids = pa.array(item_ids, pa.string())
-    done, retry = [], []  # per batch (ids, items, scores); (batch, positions, queries, seen)
+    done, retry = [], []  # per batch (ids, items, scores); per short user (row, query, seen)
+    users = 0  # rows of the part so far
     for (queries, seen, ids), (found, scores, short) in _search_batches(batches, catalogue, cfg):
+        retry += [(users + i, queries[i], seen[i]) for i in short]
         done.append((ids, found, scores))
-        if len(short):
-            retry.append((len(done) - 1, short, queries[short], [seen[i] for i in short]))
+        users += len(queries)
         if bar is not None:
             bar.update(len(queries))
-    if retry:  # as wide as the most of them need: nobody is left short for want of width
-        found, scores, _ = top_unseen(np.concatenate([r[2] for r in retry]),
-                                      [h for r in retry for h in r[3]], catalogue, cfg, 1.0)
-        start = 0
-        for batch, short, _, _ in retry:
-            done[batch][1][short] = found[start:start + len(short)]
-            done[batch][2][short] = scores[start:start + len(short)]
-            start += len(short)
     # (U,) ids, (U, K) items and scores of the whole part
     ids, found, scores = (np.concatenate(column) for column in zip(*done, strict=True))
+    if retry:  # as wide as the most of them need: nobody is left short for want of width
+        rows, queries, seen = zip(*retry, strict=True)
+        found[list(rows)], scores[list(rows)], _ = top_unseen(np.stack(queries), seen,
+                                                              catalogue, cfg, 1.0)
     short = int((found[:, -1] == PAD).sum())
     return _rows(ids, found, scores, item_ids).replace_schema_metadata(
         {"recsys.short_users": str(short), "recsys.users": str(len(ids))})
