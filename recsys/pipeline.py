@@ -27,7 +27,7 @@ from recsys.candidates import MANIFEST_FILE, export_candidates
 from recsys.config import Config, config_to_dict
 from recsys.data import ensure_dataset
 from recsys.export import export_embeddings
-from recsys.index import build_index, save_index
+from recsys.index import INDEX_FILE, build_index, save_index
 from recsys.report import table
 from recsys.rerank_export import export_reranked
 from recsys.runs import evaluate_run
@@ -93,10 +93,12 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
     started = time.perf_counter()
     test = evaluate_run(run_dir, "test")  # always: proves the run dir alone rebuilds the model
     book.stages.append(Stage("evaluate", run_dir, time.perf_counter() - started, False))
-    export = {"run": run_dir, "export": config_to_dict(config.export)}
-    book.run("index", export, lambda: _index_stage(run_dir, config),
-             complete=lambda out: (out / "index.faiss").is_file())
-    book.run("candidates", export, lambda: _candidates(run_dir), complete=_manifested)
+    export = config_to_dict(config.export)
+    index = {"run": run_dir, "index": config.export.index, "metric": config.export.metric}
+    book.run("index", index, lambda: _index_stage(run_dir, config),
+             complete=lambda out: (out / INDEX_FILE).is_file())
+    book.run("candidates", {"run": run_dir, "export": export},
+             lambda: export_candidates(run_dir, **export)["out"], complete=_manifested)
     rerank_test = None
     if rerank is not None:
         rerank = _reading(rerank, run_dir)
@@ -124,13 +126,9 @@ def _manifested(out: Path) -> bool:
 
 def _index_stage(run_dir: str, config: Config) -> str:
     """Export the item and user stores, then save the item store's faiss index beside it."""
-    store = read_store(export_embeddings(run_dir)["items_path"])
+    store = read_store(export_embeddings(run_dir)["items_path"], verify=False)  # just written
     save_index(build_index(store.vectors, config.export.index, config.export.metric), store.path)
     return store.path
-
-
-def _candidates(run_dir: str) -> str:
-    return export_candidates(run_dir)["out"]
 
 
 def _reranked(run_dir: str, reranker: str) -> str:

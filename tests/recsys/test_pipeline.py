@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
+
 from recsys.config import config_from_dict, config_to_dict
 from recsys.pipeline import run_pipeline, summary
 
@@ -51,3 +54,13 @@ def test_pipeline_reruns_only_the_stages_whose_inputs_changed(config, tiny_model
     redone = run_pipeline(retriever)
     assert _ran(redone) == ["evaluate", "candidates"]  # an incomplete output is redone
     assert (candidates / "_manifest.json").is_file() and redone.rerank_test is None
+
+    # other export settings: never the run's old candidates passed off as the new ones
+    fewer = dataclasses.replace(retriever, export=dataclasses.replace(retriever.export, k=3))
+    with pytest.raises(ValueError, match="export.k"):
+        run_pipeline(fewer)
+    elsewhere = dataclasses.replace(fewer, export=dataclasses.replace(
+        fewer.export, out=str(successor_root / "top3")))
+    assert _ran(run_pipeline(elsewhere)) == ["evaluate", "candidates"]  # the index reads no k
+    ranks = pq.read_table(successor_root / "top3", columns=["rank"]).column("rank").to_numpy()
+    assert ranks.max() == 3
