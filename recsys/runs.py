@@ -57,9 +57,8 @@ def rerank_data(config: Config) -> RerankData:
     if run is None:
         raise ValueError("model.reranker.retrieval_run must name a retrieval run dir for task "
                          "'listwise'")
-    with torch.random.fork_rng():  # load_run seeds with the retriever's seed, not the reranker's
-        retriever, retrieval_config, split = load_run(Path(run) / "checkpoint" / "best")
-    if retrieval_config.model.name == "reranker" or not hasattr(retriever, "score"):
+    retriever, retrieval_config, split = load_run(Path(run) / "checkpoint" / "best")
+    if not hasattr(retriever, "score"):
         raise ValueError(f"{run} is a {retrieval_config.model.name!r} run, not a retriever")
     ours, theirs = config.data, retrieval_config.data
     if (Path(ours.dir).resolve(), ours.cold_items) != (Path(theirs.dir).resolve(),
@@ -135,8 +134,9 @@ def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split | CtrSpli
     """Rebuild a checkpoint's model (in eval mode) with the data it was trained on."""
     config = config_from_dict(read_checkpoint(Path(checkpoint))["config"])
     dataset, split = load_data(config)
-    torch.manual_seed(config.train.seed)  # weights are overwritten; keep init deterministic anyway
-    model = new_model(config, dataset, split)
+    with torch.random.fork_rng():  # the caller's random stream stays its own
+        torch.manual_seed(config.train.seed)  # weights are overwritten; init stays repeatable
+        model = new_model(config, dataset, split)
     load_weights(Path(checkpoint), model)
     return model.eval(), config, split
 

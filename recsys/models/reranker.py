@@ -185,7 +185,6 @@ class Reranker(nn.Module):
         super().__init__()
         self.config = config
         self.max_len = config.max_len
-        self.n_items = inputs.n_items
         self.sparse = SparseArch(config, inputs)
         self.dense = DenseArch(config, inputs)
         width = self.sparse.count * config.dim + self.dense.out
@@ -200,8 +199,6 @@ class Reranker(nn.Module):
         sparse = self.sparse(users, items).flatten(1)  # (B, S * dim)
         dense = self.dense(items, history, stats)  # (B, dense_out)
         return self.over(self.interaction(torch.cat([sparse, dense], dim=1)))
-
-    score = forward  # reranking: logits for candidate pairs, same inputs
 
     def score_lists(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor,
                     stats: torch.Tensor) -> torch.Tensor:
