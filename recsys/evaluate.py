@@ -39,10 +39,10 @@ def rank_targets(
         users = torch.as_tensor(chunk)
         scores = model.score(inputs, users).float().clone()  # (chunk, n_items + 1)
         scores[:, 0] = float("-inf")
-        ranks_all.append(_rank_of(scores, target))
+        ranks_all.append(rank_of(scores, target))
         if config.exclude_seen:
-            _mask_seen(scores, histories, target)
-        ranks.append(_rank_of(scores, target))
+            mask_seen(scores, histories, target)
+        ranks.append(rank_of(scores, target))
         top10.append(scores.topk(min(10, split.n_items), dim=1).indices)
     return {"ranks": _concat(ranks), "ranks_all": _concat(ranks_all), "top10": _concat(top10)}
 
@@ -81,19 +81,22 @@ def _concat(parts: list[torch.Tensor]) -> np.ndarray:
     return torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)
 
 
-def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Position of each target; ties go to the lower item index, as a stable sort would."""
+def rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) 0-based position of each row's `target` column (B,) in `scores` (B, n) sorted
+    descending; ties go to the lower column, as a stable sort would."""
     target_score = scores.gather(1, target[:, None])  # (chunk, 1)
     items = torch.arange(scores.shape[1])[None, :]
     ahead = (scores > target_score) | ((scores == target_score) & (items < target[:, None]))
     return ahead.sum(dim=1)
 
 
-def _mask_seen(scores: torch.Tensor, histories: list[np.ndarray], target: torch.Tensor) -> None:
+def mask_seen(scores: torch.Tensor, histories: list[np.ndarray], target: torch.Tensor) -> None:
+    """Set the history items of each row of `scores` (B, n_items + 1) to -inf in place; each
+    row's target (B,) stays rankable."""
     rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
     cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
     keep = scores.gather(1, target[:, None])
-    scores[torch.as_tensor(rows), torch.as_tensor(cols)] = float("-inf")
+    scores[torch.as_tensor(rows), torch.as_tensor(cols, dtype=torch.long)] = float("-inf")
     scores.scatter_(1, target[:, None], keep)  # a repeated target stays rankable
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.evaluate import rank_of
 from recsys.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 from recsys.rerank_lists import CandidateLists, RerankData
 from recsys.rerank_task import list_tensors
@@ -32,13 +33,9 @@ def rerank_ranks(target_rank: np.ndarray, positive: np.ndarray, scores: np.ndarr
     outside; scores (n, K) reranker scores in retrieval order (-inf for padding). Inside the top
     K, the rank is the count of candidates scored higher, or equal and retrieved earlier.
     """
-    inside = positive >= 0
-    rows = np.flatnonzero(inside)
-    own = scores[rows, positive[rows]][:, None]  # (m, 1)
-    earlier = np.arange(scores.shape[1])[None, :] < positive[rows][:, None]  # (m, K)
-    ahead = (scores[rows] > own) | ((scores[rows] == own) & earlier)
+    rows = np.flatnonzero(positive >= 0)
     ranks = target_rank.astype(np.int64).copy()
-    ranks[rows] = ahead.sum(axis=1)
+    ranks[rows] = rank_of(torch.from_numpy(scores[rows]), torch.from_numpy(positive[rows])).numpy()
     return ranks
 
 

@@ -26,6 +26,7 @@ from features.ids import PAD
 from features.sequences import pad_left
 from recsys.config import RerankerConfig
 from recsys.data.split import Split
+from recsys.evaluate import mask_seen
 from recsys.models.reranker import N_RETRIEVAL
 
 
@@ -94,15 +95,6 @@ def _top_k(scores: torch.Tensor, target: torch.Tensor, k: int):
     values, order = torch.sort(scores, dim=1, descending=True, stable=True)
     rank = (order == target[:, None]).int().argmax(dim=1)  # (B,)
     return order[:, :k], values[:, :k], rank
-
-
-def mask_seen(scores: torch.Tensor, histories: list[np.ndarray], target: torch.Tensor) -> None:
-    """Set the history items of each row to -inf in place; each row's target stays rankable."""
-    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
-    cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
-    keep = scores.gather(1, target[:, None])
-    scores[torch.as_tensor(rows), torch.as_tensor(cols, dtype=torch.long)] = float("-inf")
-    scores.scatter_(1, target[:, None], keep)
 
 
 def training_examples(split: Split, positions: int) -> tuple[np.ndarray, np.ndarray]:
