@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 
-from recsys.config import RerankerConfig, TwoTowerConfig
+from recsys.config import RerankerConfig
 from recsys.data.ctr import CtrPart, CtrSplit
 from recsys.models.reranker import RerankerInputs
 from recsys.tower_inputs import (
@@ -34,9 +34,7 @@ def build_reranker_inputs(config: RerankerConfig, items: pd.DataFrame, users: pd
     item_codes = [categorical_codes(items[c], config.max_values) for c in config.categorical]
     user_codes = user_attribute_codes(users, split.users.ids, config.user_categorical,
                                       config.max_values, "model.reranker")
-    # the text path of the two-tower (same encoder, cache and sentence rules), reused as is
-    text = text_vectors(TwoTowerConfig(text=config.text, encoder=config.encoder,
-                                       text_max_tokens=config.text_max_tokens), items)
+    text = text_vectors(config, items)  # the two-tower's text path: encoder, cache, sentences
     if not np.isfinite(text).all():
         raise ValueError("the text encoder returned NaN or infinite vectors for some items")
     return RerankerInputs(

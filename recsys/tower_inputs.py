@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from features.text import clean_text, item_sentences
-from recsys.config import TwoTowerConfig
+from recsys.config import RerankerConfig, TwoTowerConfig
 from recsys.models.text_encoder import TextEncoder, encode_texts
 from recsys.models.two_tower import TowerInputs
 
@@ -52,8 +52,9 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
     )
 
 
-def text_vectors(config: TwoTowerConfig, items: pd.DataFrame) -> np.ndarray:
-    """(n_items + 1, n_text, text_dim) float32 unit vectors; zeros where an item lacks the text."""
+def text_vectors(config: TwoTowerConfig | RerankerConfig, items: pd.DataFrame) -> np.ndarray:
+    """(n_items + 1, n_text, text_dim) float32 unit vectors; zeros where an item lacks the text.
+    Reads `config.text`, `.encoder` and `.text_max_tokens`, which both models' configs have."""
     if not config.text:
         return np.zeros((len(items) + 1, 0, 1), np.float32)
     encoder = TextEncoder(config.encoder)
@@ -85,7 +86,8 @@ def text_tokens(config: TwoTowerConfig, items: pd.DataFrame) -> tuple[np.ndarray
     return tokens, lengths
 
 
-def _text_sentences(config: TwoTowerConfig, items: pd.DataFrame, tokenizer) -> list[list[str]]:
+def _text_sentences(config: TwoTowerConfig | RerankerConfig, items: pd.DataFrame,
+                    tokenizer) -> list[list[str]]:
     """Per text attribute, one sentence per item ("" where the item has none)."""
     out = []
     for column in config.text:
