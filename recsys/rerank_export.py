@@ -37,8 +37,9 @@ from recsys.candidate_search import SCHEMA
 from recsys.candidates import MANIFEST_FILE, export_candidates, part_done, part_entry, write_part
 from recsys.data.split import Split
 from recsys.export import full_histories
+from recsys.models.reranker import N_RETRIEVAL
 from recsys.rerank_eval import choose_blend
-from recsys.rerank_lists import RerankData
+from recsys.rerank_lists import RerankData, retrieval_inputs
 from recsys.runs import load_run
 from serving.store import file_sha256
 
@@ -112,11 +113,9 @@ def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], ta
                                                 missing="pad")[grid], PAD)  # (U, K)
     if (items[present] == PAD).any():
         raise ValueError("retrieval candidates name items outside the reranker's catalogue")
-    score = frame["score"].to_numpy(np.float32)[grid]  # (U, K)
-    extra = np.stack([np.where(present, score - score[:, :1], 0.0),
-                      np.log1p(np.where(present, frame["rank"].to_numpy()[grid] - 1, 0))], -1)
-    extra_score = extra[..., 0].astype(np.float32)  # (U, K) retrieval score - top score
-    extra = extra[..., : 2 * retrieval_features].astype(np.float32)  # (U, K, F)
+    extra = retrieval_inputs(frame["score"].to_numpy(np.float32)[grid], present)  # (U, K, 2)
+    extra_score = extra[..., 0]  # (U, K) retrieval score - top score
+    extra = extra[..., : N_RETRIEVAL * retrieval_features]  # (U, K, F)
     logits = np.full(items.shape, -np.inf, np.float32)  # (U, K); unknown users stay -inf
     known = np.flatnonzero(rows >= 0)
     for s in range(0, len(known), batch_size):

@@ -80,14 +80,21 @@ def retrieve_lists(retriever: nn.Module, histories: list[np.ndarray], users: np.
         parts.append(_top_k(scores, target, k))
     items, top, rank = (torch.cat(p).numpy() for p in zip(*parts, strict=True))
     live = np.isfinite(top)
-    first = np.where(live[:, :1], top[:, :1], 0.0)
-    features = np.stack([np.where(live, top - first, 0.0),
-                         np.broadcast_to(np.log1p(np.arange(top.shape[1])), top.shape)], axis=-1)
+    features = retrieval_inputs(top, live)
     positive = np.where(rank < items.shape[1], rank, -1)
     return CandidateLists(users.astype(np.int64), pad_left(histories, max_len),
-                          np.where(live, items, PAD), features.astype(np.float32) * live[..., None],
-                          features[..., 0].astype(np.float32), positive.astype(np.int64),
-                          rank.astype(np.int64))
+                          np.where(live, items, PAD), features, features[..., 0].copy(),
+                          positive.astype(np.int64), rank.astype(np.int64))
+
+
+def retrieval_inputs(scores: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """(n, K, N_RETRIEVAL) float32 retrieval features of lists with retrieval `scores` (n, K),
+    best first: the score minus the list's top score, log1p(0-based position); 0 where `live`
+    (n, K) is False (padding). One definition for training, evaluation and the export."""
+    first = np.where(live[:, :1], scores[:, :1], 0.0)
+    position = np.broadcast_to(np.log1p(np.arange(scores.shape[1])), scores.shape)
+    features = np.stack([np.where(live, scores - first, 0.0), position], axis=-1)
+    return (features * live[..., None]).astype(np.float32)
 
 
 def _top_k(scores: torch.Tensor, target: torch.Tensor, k: int):
