@@ -88,8 +88,8 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
     book.run("prepare", {"data": data}, lambda: ensure_dataset(
         config.data.source, config.data.raw, config.data.dir, config.data.mapping),
         complete=lambda out: (out / "dataset.json").is_file())
-    trained = {k: v for k, v in config_to_dict(config).items() if k not in ("export", "tracking")}
-    run_dir = book.run("retriever", trained, lambda: fit(config).run_dir, complete=_finished)
+    run_dir = book.run("retriever", _trains_on(config), lambda: fit(config).run_dir,
+                       complete=_finished)
     started = time.perf_counter()
     test = evaluate_run(run_dir, "test")  # always: proves the run dir alone rebuilds the model
     book.stages.append(Stage("evaluate", run_dir, time.perf_counter() - started, False))
@@ -102,12 +102,18 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
     rerank_test = None
     if rerank is not None:
         rerank = _reading(rerank, run_dir)
-        reranker = book.run("reranker", config_to_dict(rerank), lambda: fit(rerank).run_dir,
+        reranker = book.run("reranker", _trains_on(rerank), lambda: fit(rerank).run_dir,
                             complete=_finished)
-        book.run("reranked candidates", {"run": run_dir, "reranker": reranker},
-                 lambda: _reranked(run_dir, reranker), complete=_manifested)
+        book.run("reranked candidates", {"run": run_dir, "reranker": reranker,
+                                         "export": config_to_dict(rerank.export)},
+                 lambda: _reranked(run_dir, reranker, rerank.export.k), complete=_manifested)
         rerank_test = json.loads((Path(reranker) / "metrics.json").read_text())["test"]
     return PipelineResult(Path(run_dir).name, Path(run_dir), test, book.stages, rerank_test)
+
+
+def _trains_on(config: Config) -> dict[str, Any]:
+    """What a training stage reads: the config without its export and tracking sections."""
+    return {k: v for k, v in config_to_dict(config).items() if k not in ("export", "tracking")}
 
 
 def _reading(rerank: Config, run_dir: str) -> Config:
@@ -131,8 +137,8 @@ def _index_stage(run_dir: str, config: Config) -> str:
     return store.path
 
 
-def _reranked(run_dir: str, reranker: str) -> str:
-    return export_reranked(run_dir, reranker)["out"]
+def _reranked(run_dir: str, reranker: str, k: int) -> str:
+    return export_reranked(run_dir, reranker, n=k)["out"]
 
 
 def summary(config: Config, result: PipelineResult) -> str:
