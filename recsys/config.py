@@ -137,6 +137,8 @@ class RerankerConfig:
     retrieval_features: bool = False  # retrieval score (minus the list's top) and log1p(rank)
     blend: tuple[float, ...] = (0.0,)  # listwise: weights w tried on valid for the final score
     # ^ reranker logit + w * (retrieval score - list top); the best valid NDCG@10 picks w
+    recent_popularity_days: int = 0  # listwise: model input log1p(the candidate's train
+    # ^ interactions, all users, in the N days before the example's time); 0 = off
 
 
 @dataclass(frozen=True)

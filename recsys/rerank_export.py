@@ -7,8 +7,10 @@ length it was trained on) to `<retrieval run>/candidates-top<K>` (resumable as a
 each of its parts is reranked into `part-NNNNN.parquet` of the output dir (default
 `<rerank run>/candidates`): per user, the reranker scores the K candidates from the user's whole
 known history (as the retrieval export reads it) and the retrieval features (score minus the
-user's top score, log1p(rank - 1)); the best N are kept with `stage` = "rerank" and the final
-score (reranker logit + the blend weight picked on valid times the retrieval score feature).
+user's top score, log1p(rank - 1)) and, with `recent_popularity_days`, each candidate's recent
+popularity at the end of the data (after the last interaction); the best N are kept with
+`stage` = "rerank" and the final score (reranker logit + the blend weight picked on valid times
+the retrieval score feature).
 **Users the reranker cannot know** (absent from its data) keep their first N retrieval rows
 unchanged, `stage` = "retrieval", and are counted as `unknown_users` in the manifest. Parts are
 written atomically, a rerun skips parts already written for the same job, and `_manifest.json`
@@ -21,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +82,8 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
         path = out / part["file"]
         if not part_done(path, job["job"]):
             table = rerank_table(model, data.split, histories, pq.read_table(source / part["file"]),
-                                 n, config.model.reranker.retrieval_features, blend)
+                                 n, config.model.reranker.retrieval_features, blend,
+                                 popularity=data.popularity)
             write_part(path, table, job["job"])
         entries.append(part_entry(path, part["users"], "unknown_users"))
     doc = {**job, "config": {"k": n}, "rows": sum(e["rows"] for e in entries),
@@ -93,12 +97,15 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
 @torch.inference_mode()
 def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], table: pa.Table,
                  n: int, retrieval_features: bool = True, blend: float = 0.0,
-                 batch_size: int = 256) -> pa.Table:
+                 batch_size: int = 256,
+                 popularity: Callable[[np.ndarray], np.ndarray] | None = None) -> pa.Table:
     """One retrieval part (user_id, rank 1..K, item_id, score, stage) -> the best `n` per user.
 
     Users of `split` are reranked (stage "rerank", score = reranker logit + `blend` * (retrieval
     score - the user's top retrieval score), as in `recsys.rerank_eval`); the others keep
     their first `n` retrieval rows (stage "retrieval"). Users stay in the part's order.
+    `popularity` maps candidates (U, K) to the extra inputs (U, K, P) after the retrieval
+    features (`RerankData.popularity`: at the end of the data); None adds none.
     """
     model.eval()
     frame = table.to_pandas()
@@ -116,6 +123,8 @@ def rerank_table(model: nn.Module, split: Split, histories: list[np.ndarray], ta
     extra = retrieval_inputs(frame["score"].to_numpy(np.float32)[grid], present)  # (U, K, 2)
     extra_score = extra[..., 0]  # (U, K) retrieval score - top score
     extra = extra[..., : N_RETRIEVAL * retrieval_features]  # (U, K, F)
+    if popularity is not None:
+        extra = np.concatenate([extra, popularity(items)], axis=-1)  # (U, K, F + P)
     logits = np.full(items.shape, -np.inf, np.float32)  # (U, K); unknown users stay -inf
     known = np.flatnonzero(rows >= 0)
     for s in range(0, len(known), batch_size):

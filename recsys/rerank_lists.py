@@ -11,6 +11,11 @@ retrieval features per candidate: its score minus the list's top score, and log1
   see the train prefixes: a known stacking bias, never a valid or test item).
 - **valid**: history = train prefix, target = the valid item (model selection only).
 - **test**: history = train prefix + valid item, target = the test item.
+
+With `recent_popularity_days` N > 0, every candidate also gets log1p(its train interactions, all
+users, in the N days before the example's time) as a model input (`recent_popularity`): the
+example's time is its target's timestamp, and only interactions strictly before it count, so
+neither the target nor anything later is read. The export's time is the end of the data.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -28,6 +34,8 @@ from recsys.config import RerankerConfig
 from recsys.data.split import Split
 from recsys.evaluate import mask_seen
 from recsys.models.reranker import N_RETRIEVAL
+
+DAY = 86_400  # seconds: the canonical schema's timestamps are integer seconds
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,53 @@ def _top_k(scores: torch.Tensor, target: torch.Tensor, k: int):
     return order[:, :k], values[:, :k], rank
 
 
+def recent_popularity(event_items: np.ndarray, event_times: np.ndarray, items: np.ndarray,
+                      now: np.ndarray, days: int) -> np.ndarray:
+    """(n, K, 1) float32 log1p(how many events name items[i, j] at a time in
+    [now[i] - days * DAY, now[i])): strictly before now, so an event at `now` never counts.
+
+    event_items (m,) item indices and event_times (m,) seconds of the interactions that may be
+    counted (any order); items (n, K) candidates (0 = padding, which has no events); now (n,)
+    seconds. One definition for the training lists, the valid/test lists and the export.
+    """
+    start = int(min(event_times.min(initial=0), now.min(initial=0) - days * DAY))
+    span = int(max(event_times.max(initial=0), now.max(initial=0))) - start + 1
+    if (max(int(items.max(initial=0)), int(event_items.max(initial=0))) + 1) * span \
+            >= np.iinfo(np.int64).max:
+        raise ValueError("recent_popularity: items x time span overflows int64 keys")
+    keys = np.sort(event_items.astype(np.int64) * span + (event_times - start))  # (m,)
+    base = items.astype(np.int64) * span  # (n, K): an item's keys are base .. base + span - 1
+    now = now.astype(np.int64)[:, None] - start  # (n, 1)
+    counts = (np.searchsorted(keys, base + now, side="left")
+              - np.searchsorted(keys, base + now - days * DAY, side="left"))  # (n, K)
+    return np.log1p(counts).astype(np.float32)[..., None]
+
+
+def split_times(split: Split, interactions: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray,
+                                                                    np.ndarray]:
+    """(train times per user, like `split.train`; valid target time (n_users,); test target time
+    (n_users,), 0 where not evaluated): the timestamps of the split's items, in the order of
+    `recsys.data.split.leave_one_out` ((timestamp, row) per user; a cold item's time is dropped
+    with it). Raises if `interactions` is not the data the split was made from."""
+    users = split.users.index(interactions["user_id"]) - 1
+    items = split.items.index(interactions["item_id"])
+    times = interactions["timestamp"].to_numpy(np.int64)
+    order = np.lexsort((np.arange(len(times)), times, users))
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    trained = split.train_item_counts > 0  # a prefix item without a train count is a cold item
+    train = []
+    valid, test = np.zeros(len(split.train), np.int64), np.zeros(len(split.train), np.int64)
+    for row, (seq, when) in enumerate(zip(np.split(items[order], bounds),
+                                          np.split(times[order], bounds), strict=True)):
+        prefix, at = (seq[:-2], when[:-2]) if len(seq) >= 3 else (seq, when)
+        train.append(at[trained[prefix]])
+        if not np.array_equal(prefix[trained[prefix]], split.train[row]):
+            raise ValueError("interactions do not match the split's train prefixes")
+        if len(seq) >= 3:
+            valid[row], test[row] = when[-2], when[-1]
+    return train, valid, test
+
+
 def training_examples(split: Split, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows (n,), ends (n,)): the last `positions` positions t >= 1 of every train prefix
     (0 = all). Example i reads prefix[:ends[i]] of user rows[i]; its target is prefix[ends[i]].
@@ -122,11 +177,17 @@ class RerankData:
 
     Offers what the reranker's input tables need (`users`, `items`, `n_items`, `user_known`,
     `item_known`), the training lists whose target made the top K, and valid/test lists built
-    once on first use.
+    once on first use. `interactions` (the split's source rows) give the example times that
+    `recent_popularity_days` needs.
     """
 
     def __init__(self, split: Split, retriever: nn.Module, config: RerankerConfig,
-                 exclude_seen: bool):
+                 exclude_seen: bool, interactions: pd.DataFrame | None = None):
+        if config.recent_popularity_days < 0:
+            raise ValueError("model.reranker.recent_popularity_days must be >= 0 (0 = off)")
+        if config.recent_popularity_days and interactions is None:
+            raise ValueError("model.reranker.recent_popularity_days needs the interactions' "
+                             "timestamps")
         if config.history_stats:
             raise ValueError("model.reranker.history_stats is a CTR feature: set it to false "
                              "for task 'listwise'")
@@ -139,6 +200,10 @@ class RerankData:
         self.item_known = split.train_item_counts > 0
         self._eval: dict[str, CandidateLists] = {}
         self.train_examples = 0
+        self.times, self.end_time = None, None  # (train, valid, test) timestamps, export "now"
+        if config.recent_popularity_days:
+            self.times = split_times(split, interactions)
+            self.end_time = int(interactions["timestamp"].max()) + 1  # after the last interaction
 
     @cached_property
     def train(self) -> CandidateLists:
@@ -148,7 +213,9 @@ class RerankData:
         prefixes = self.split.train
         histories = [prefixes[r][:e] for r, e in zip(rows, ends, strict=True)]
         targets = np.array([prefixes[r][e] for r, e in zip(rows, ends, strict=True)], np.int64)
-        lists = self._retrieve(histories, rows, targets)
+        now = (np.array([self.times[0][r][e] for r, e in zip(rows, ends, strict=True)], np.int64)
+               if self.times is not None else None)
+        lists = self._retrieve(histories, rows, targets, now)
         self.train_examples = len(lists)
         kept = lists.take(lists.positive >= 0)  # a list without its target teaches nothing
         if not len(kept):
@@ -164,12 +231,26 @@ class RerankData:
         """The lists of the users evaluated on `which` ("valid" or "test")."""
         if which not in self._eval:
             rows = self.split.eval_users(which)
+            now = self.times[1 if which == "valid" else 2][rows] if self.times is not None else None
             self._eval[which] = self._retrieve(self.split.history(which, rows), rows,
-                                               self.split.target(which)[rows])
+                                               self.split.target(which)[rows], now)
         return self._eval[which]
 
-    def _retrieve(self, histories, rows, targets) -> CandidateLists:
+    def popularity(self, items: np.ndarray, now: np.ndarray | None = None) -> np.ndarray:
+        """(n, K, P) model inputs of candidates `items` (n, K) at times `now` (n,) (default:
+        the end of the data, as the export): `recent_popularity` over the train interactions
+        of all users, P = 1; P = 0 when `recent_popularity_days` is off."""
+        if self.times is None:
+            return np.zeros((*items.shape, 0), np.float32)
+        now = np.full(len(items), self.end_time, np.int64) if now is None else now
+        return recent_popularity(np.concatenate(self.split.train), np.concatenate(self.times[0]),
+                                 items, now, self.config.recent_popularity_days)
+
+    def _retrieve(self, histories, rows, targets, now) -> CandidateLists:
         lists = retrieve_lists(self.retriever, histories, rows, targets, self.config.candidates,
                                self.exclude_seen, self.config.max_len)
         width = N_RETRIEVAL if self.config.retrieval_features else 0
-        return replace(lists, features=lists.features[..., :width])
+        features = lists.features[..., :width]
+        if self.times is not None:
+            features = np.concatenate([features, self.popularity(lists.items, now)], axis=-1)
+        return replace(lists, features=features)

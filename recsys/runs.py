@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -40,7 +41,7 @@ def load_data(config: Config) -> tuple[Dataset, Split | CtrSplit]:
     data = config.data
     dataset = load_dataset(ensure_dataset(data.source, data.raw, data.dir, data.mapping))
     if _listwise(config):
-        return dataset, rerank_data(config)
+        return dataset, rerank_data(config, dataset.interactions)
     if config.model.name == "reranker":
         ctr = data.ctr
         return dataset, ctr_split(dataset.interactions, dataset.items["item_id"],
@@ -50,9 +51,10 @@ def load_data(config: Config) -> tuple[Dataset, Split | CtrSplit]:
     return dataset, split
 
 
-def rerank_data(config: Config) -> RerankData:
+def rerank_data(config: Config, interactions: pd.DataFrame | None = None) -> RerankData:
     """The retriever of `model.reranker.retrieval_run` (its best checkpoint), its split and the
-    candidate lists; the retriever must have been trained on this config's dataset."""
+    candidate lists; the retriever must have been trained on this config's dataset, whose
+    `interactions` give the times of `recent_popularity_days`."""
     run = config.model.reranker.retrieval_run
     if run is None:
         raise ValueError("model.reranker.retrieval_run must name a retrieval run dir for task "
@@ -66,7 +68,8 @@ def rerank_data(config: Config) -> RerankData:
         raise ValueError(f"the retrieval run {run} was trained on {theirs.dir} (cold_items "
                          f"{theirs.cold_items}), this config reads {ours.dir} "
                          f"(cold_items {ours.cold_items}): they must match")
-    return RerankData(split, retriever, config.model.reranker, config.eval.exclude_seen)
+    return RerankData(split, retriever, config.model.reranker, config.eval.exclude_seen,
+                      interactions)
 
 
 def _listwise(config: Config) -> bool:

@@ -25,11 +25,14 @@ from recsys.models.two_tower import Bags
 
 N_STATS = 2  # history stats per row: log1p(earlier labelled rows), smoothed positive rate
 N_RETRIEVAL = 2  # retrieval features per pair: score minus the list's top score, log1p(rank)
+N_POPULARITY = 1  # per pair: log1p(the item's recent train interactions), listwise only
 
 
 def n_dense_extras(config: RerankerConfig) -> int:
-    """Width of the `stats` input: history stats, then retrieval features, as configured."""
-    return N_STATS * config.history_stats + N_RETRIEVAL * config.retrieval_features
+    """Width of the `stats` input: history stats, then retrieval features, then recent
+    popularity, as configured."""
+    return (N_STATS * config.history_stats + N_RETRIEVAL * config.retrieval_features
+            + N_POPULARITY * (config.recent_popularity_days > 0))
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,8 @@ class DenseArch(nn.Module):
 
     Dense input: the item's frozen text vectors, the mean text vectors of the history items
     (padding 0 excluded; zeros for an empty history) and the E extras (`n_dense_extras`: the
-    history stats with `history_stats`, the retrieval features with `retrieval_features`).
+    history stats with `history_stats`, the retrieval features with `retrieval_features`, the
+    recent popularity with `recent_popularity_days`).
     The first layer is applied per distinct item before the history mean: a linear map commutes
     with the mean, so this equals projecting the pooled vector, at a fraction of the memory.
     """

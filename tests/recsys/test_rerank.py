@@ -26,7 +26,7 @@ from recsys.rerank_eval import paired_stderr, rerank_ranks
 from recsys.rerank_export import export_reranked, rerank_table
 from recsys.rerank_lists import RerankData, retrieve_lists, training_examples
 from recsys.rerank_task import sample_columns
-from recsys.runs import evaluate_run, load_run, rerank_data
+from recsys.runs import evaluate_run, load_data, load_run
 from recsys.train import fit
 
 
@@ -143,8 +143,9 @@ def test_lists_exclude_seen_items_but_keep_a_repeated_target():
 
 @pytest.mark.filterwarnings("ignore")
 def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
-    """SASRec retrieves, the reranker trains on its lists through `fit`; the retrieval metrics
-    of the rerank run are the retrieval run's own, and the run rebuilds from its dir."""
+    """SASRec retrieves, the reranker trains on its lists through `fit` (with every input:
+    retrieval features and recent popularity); the retrieval metrics of the rerank run are the
+    retrieval run's own, and the run rebuilds from its dir."""
     raw = config_to_dict(config)
     raw["train"]["epochs"] = 3
     retrieval = fit(config_from_dict(raw))
@@ -152,10 +153,11 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
         "task": "listwise", "retrieval_run": str(retrieval.run_dir), "candidates": 10,
         "train_positions": 3, "list_size": 6, "retrieval_features": True,
         "history_stats": False, "blend": [0.0, 1000.0], "dim": 8, "text": ["title"], "max_len": 8,
+        "recent_popularity_days": 1,
         "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
         "encoder": {"path": str(tiny_model_dir), "cache_dir": str(successor_root / "cache")}}}
     raw["train"].update(epochs=3, batch_size=32, lr=0.01)
-    assert _keeps_rng(lambda: rerank_data(config_from_dict(raw)))  # train.seed is the reranker's
+    assert _keeps_rng(lambda: load_data(config_from_dict(raw)))  # train.seed is the reranker's
     result = fit(config_from_dict(raw))
     test = result.metrics["test"]
     assert result.metrics["selection"] == "valid ndcg@10"
@@ -191,7 +193,8 @@ def _check_reranked_export(retrieval_run, rerank_run, out):
     first = table.column("user_id")[0].as_py()
     renamed = pa.array(["nobody" if u == first else u for u in table.column("user_id").to_pylist()])
     table = table.set_column(0, "user_id", renamed)
-    out_table = rerank_table(model, data.split, full_histories(data.split), table, 3).to_pandas()
+    out_table = rerank_table(model, data.split, full_histories(data.split), table, 3,
+                             popularity=data.popularity).to_pandas()
     nobody = out_table[out_table["user_id"] == "nobody"]
     expected = table.to_pandas().query("user_id == 'nobody'").head(3)
     assert nobody["item_id"].tolist() == expected["item_id"].tolist()
