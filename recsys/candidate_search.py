@@ -52,50 +52,116 @@ def build_catalogue(vectors: np.ndarray, items: np.ndarray, cfg: ExportConfig) -
 def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
                      item_ids: np.ndarray | pa.Array, catalogue: Catalogue, cfg: ExportConfig,
                      bar: tqdm | None = None) -> pa.Table:
-    """One part's candidate rows (user_id, rank 1..K, item_id, score, stage), in user order.
+    """One part's candidate rows (user_id, rank 1..K, item_id, score, stage), in user order:
+    `search_part`, then its `table`. The export's work after the model."""
+    return search_part(batches, catalogue, cfg, bar).table(item_ids)
+
+
+def search_part(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
+                catalogue: Catalogue, cfg: ExportConfig, bar: tqdm | None = None) -> SearchedPart:
+    """Search one part's users: their top-K unseen, but for the few one search left short.
 
     `batches` yields, per batch of B users: their vectors (B, dim), their seen item indices
-    (B arrays) and their raw ids (B,); `item_ids` (n_items,) are the raw ids of item indices
-    1..n_items (a pyarrow string array saves converting them on every call). The export's work
-    after the model: search, drop the seen, build the table. The users one search per batch
-    left short are searched again together, once per part: each search call waits for its
-    slowest thread, so few calls beat a small second call per batch on a busy machine.
+    (B arrays) and their raw ids (B,). The part is searched in batches of users that scan the
+    same inverted lists (IVF indexes): a list then stays in the CPU cache from one user to the
+    next.
     """
-    if not isinstance(item_ids, pa.Array):
-        item_ids = pa.array(item_ids, pa.string())
-    done, retry = [], []  # per batch (ids, items, scores); per short user (row, query, seen)
-    users = 0  # rows of the part so far
-    for (queries, seen, ids), (found, scores, short) in _search_batches(batches, catalogue, cfg):
-        retry += [(users + i, queries[i], seen[i]) for i in short]
-        done.append((ids, found, scores))
-        users += len(queries)
+    queries, histories, ids = _gather(batches)  # (U, dim), U arrays, (U,)
+    order, probes = _search_order(queries, catalogue, cfg)
+    found = np.empty((len(ids), cfg.k), dtype=np.int64)  # (U, K) item indices, PAD = none
+    scores = np.empty((len(ids), cfg.k), dtype=np.float32)  # (U, K)
+    short = [np.empty(0, dtype=np.int64)]  # per batch, the users left short
+    for rows, (batch_found, batch_scores, batch_short) in _search_batches(
+            queries, histories, order, probes, catalogue, cfg):
+        found[rows], scores[rows] = batch_found, batch_scores
+        short.append(rows[batch_short])
         if bar is not None:
-            bar.update(len(queries))
-    # (U,) ids, (U, K) items and scores of the whole part
-    ids, found, scores = (np.concatenate(column) for column in zip(*done, strict=True))
-    if retry:  # as wide as the most of them need: nobody is left short for want of width
-        rows, queries, seen = zip(*retry, strict=True)
-        found[list(rows)], scores[list(rows)], _ = top_unseen(np.stack(queries), seen,
-                                                              catalogue, cfg, 1.0)
-    short = int((found[:, -1] == PAD).sum())
-    return _rows(ids, found, scores, item_ids).replace_schema_metadata(
-        {"recsys.short_users": str(short), "recsys.users": str(len(ids))})
+            bar.update(len(rows))
+    return SearchedPart(queries, histories, ids, found, scores, np.sort(np.concatenate(short)),
+                        catalogue, cfg)
 
 
-def _search_batches(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
-                    catalogue: Catalogue, cfg: ExportConfig) -> Iterator[tuple[tuple, tuple]]:
-    """(batch, top_unseen of it) per batch, in order. Batches are searched by a pool of
-    single-threaded workers, each a batch from search to dropping the seen: one multi-threaded
-    search per batch would leave all cores but one idle while numpy drops the seen."""
-    def work(batch: tuple) -> tuple[tuple, tuple]:
-        return batch, top_unseen(batch[0], batch[1], catalogue, cfg)
+@dataclass(frozen=True)
+class SearchedPart:
+    """A part searched once (`search_part`); `table` finishes it."""
+
+    queries: np.ndarray  # (U, dim)
+    histories: list[np.ndarray]  # U arrays of seen item indices
+    ids: np.ndarray  # (U,) raw user ids
+    found: np.ndarray  # (U, K) item indices, PAD = none
+    scores: np.ndarray  # (U, K)
+    short: np.ndarray  # (s,) the users the search left short of K who need more
+    catalogue: Catalogue
+    cfg: ExportConfig
+
+    def table(self, item_ids: np.ndarray | pa.Array) -> pa.Table:
+        """The part's rows (user_id, rank 1..K, item_id, score, stage), in user order, once the
+        short users are searched again together. `item_ids` (n_items,) are the raw ids of item
+        indices 1..n_items (a pyarrow string array saves converting them on every call).
+
+        Short users are searched together as wide as the most of them need (so nobody stays
+        short for want of width), once per part: each search call waits for its slowest
+        thread, so few calls beat a small second call per batch on a busy machine. Fills the
+        part's arrays in place: call it once.
+        """
+        if not isinstance(item_ids, pa.Array):
+            item_ids = pa.array(item_ids, pa.string())
+        found, scores, retry = self.found, self.scores, self.short
+        if len(retry):
+            found[retry], scores[retry], _ = top_unseen(
+                self.queries[retry], [self.histories[i] for i in retry], self.catalogue,
+                self.cfg, 1.0)
+        short = int((found[:, -1] == PAD).sum())
+        return _rows(self.ids, found, scores, item_ids).replace_schema_metadata(
+            {"recsys.short_users": str(short), "recsys.users": str(len(self.ids))})
+
+
+def _gather(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]]
+            ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """The part's vectors (U, dim), seen item indices (U arrays) and raw ids (U,)."""
+    queries, histories, ids = [], [], []
+    for batch_queries, seen, batch_ids in batches:
+        queries.append(batch_queries)
+        histories += seen
+        ids.append(batch_ids)
+    if not queries:
+        raise ValueError("a part needs at least one user")
+    return np.concatenate(queries), histories, np.concatenate(ids)
+
+
+def _search_order(queries: np.ndarray, catalogue: Catalogue, cfg: ExportConfig
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """The order (U,) to search users in and, for an IVF index, their probed lists in that
+    order (`ann.probe_lists`, chosen once here): users sorted by their nearest list."""
+    probes = ann.probe_lists(catalogue.index, queries, cfg.metric)
+    if probes is None:
+        return np.arange(len(queries)), None
+    order = np.argsort(probes[0][:, 0], kind="stable")
+    return order, (probes[0][order], probes[1][order])
+
+
+def _search_batches(queries: np.ndarray, histories: Sequence[np.ndarray], order: np.ndarray,
+                    probes: tuple[np.ndarray, np.ndarray] | None, catalogue: Catalogue,
+                    cfg: ExportConfig) -> Iterator[tuple[np.ndarray, tuple]]:
+    """(user rows (B,), top_unseen of them) per batch of users taken in `order`. Batches are
+    searched by a pool of single-threaded workers, each a batch from search to dropping the
+    seen: one multi-threaded search per batch would leave all cores but one idle while numpy
+    drops the seen. The batches (at most `cfg.batch_users` users) are of equal sizes and a
+    multiple of the workers in number, so that the workers finish the part together."""
+    def work(start: int, stop: int) -> tuple[np.ndarray, tuple]:
+        rows = order[start:stop]
+        batch_probes = None if probes is None else (probes[0][start:stop], probes[1][start:stop])
+        return rows, top_unseen(queries[rows], [histories[i] for i in rows], catalogue, cfg,
+                                probes=batch_probes)
 
     workers = ann.search_threads(catalogue.index)
+    batches = workers * -(-len(order) // (workers * cfg.batch_users))
+    edges = [len(order) * i // batches for i in range(batches + 1)]
     if workers == 1:
-        yield from map(work, batches)
+        yield from map(work, edges[:-1], edges[1:])
         return
     with ThreadPoolExecutor(workers, initializer=faiss.omp_set_num_threads, initargs=(1,)) as pool:
-        yield from pool.map(work, batches)  # takes every batch of the part at once
+        yield from pool.map(work, edges[:-1], edges[1:])
 
 
 def _rows(ids: np.ndarray, found: np.ndarray, scores: np.ndarray, item_ids: pa.Array) -> pa.Table:
@@ -120,8 +186,9 @@ def _dictionary(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
 
 
 def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: Catalogue,
-               cfg: ExportConfig,
-               quantile: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               cfg: ExportConfig, quantile: float = 0.9, *,
+               probes: tuple[np.ndarray, np.ndarray] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-K unseen items per query (B, dim) from one search: item indices (B, K), PAD where
     fewer, scores (B, K), and the positions (s,) of the users left short of K who need more.
 
@@ -132,12 +199,14 @@ def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: 
     and PQ indexes (the top n results are the start of the top n' > n) searching the short
     users again wider gives the result of one search as wide as the largest need; HNSW
     searches at least efSearch wide, so there a second search may find slightly different.
+    `probes`: the queries' IVF lists when already chosen (`ann.probe_lists`).
     """
     seen, hot, seen_offered = _seen_pairs(histories, catalogue)
     need = np.minimum(cfg.k + seen_offered, len(catalogue.items))  # (B,)
     fetch = min(max(int(np.quantile(need, quantile, method="higher")),
                     ann.free_width(catalogue.index, cfg.k)), len(catalogue.items))
-    scores, rows = ann.search(catalogue.index, queries, fetch, metric=cfg.metric)  # (B, fetch)
+    scores, rows = ann.search(catalogue.index, queries, fetch, metric=cfg.metric,
+                              probes=probes)  # (B, fetch)
     found, best, kept = _keep_unseen(scores, rows, seen, hot, catalogue, cfg.k)
     return found, best, np.flatnonzero((kept < cfg.k) & (need > fetch))
 

@@ -57,15 +57,15 @@ def build_index(
 def search(
     index: faiss.Index, queries: np.ndarray, k: int, *, nprobe: int | None = None,
     ef_search: int | None = None, metric: str = "ip", batch_size: int = _CHUNK,
+    probes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-`k` of `queries` (m, d): scores (m, k) float32, best first, and rows (m, k) int64.
 
     `nprobe` (IVF) and `ef_search` (HNSW) are set on the index when given and stay set; an index
     without that parameter ignores it. A row is -1 where the index found fewer than k results.
+    `probes` are the queries' lists from `probe_lists` (IVF only): the search skips choosing them.
     """
-    q = _prepare(queries, metric, "queries")
-    if q.shape[1] != index.d:
-        raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, index has {index.d}")
+    q = _queries(index, queries, metric)
     if not 1 <= k <= index.ntotal:
         raise ValueError(f"k must be in 1..{index.ntotal} (vectors in the index), got {k}")
     set_search_params(index, nprobe=nprobe, ef_search=ef_search)
@@ -73,8 +73,28 @@ def search(
     rows = np.empty((len(q), k), dtype=np.int64)  # (m, k)
     for start in range(0, len(q), batch_size):
         stop = start + batch_size
-        scores[start:stop], rows[start:stop] = index.search(q[start:stop], k)
+        if probes is None:
+            scores[start:stop], rows[start:stop] = index.search(q[start:stop], k)
+        else:
+            lists, distances = (p[start:stop] for p in probes)
+            scores[start:stop], rows[start:stop] = index.search_preassigned(
+                q[start:stop], k, lists, distances)
     return scores, rows
+
+
+def probe_lists(index: faiss.Index, queries: np.ndarray,
+                metric: str = "ip") -> tuple[np.ndarray, np.ndarray] | None:
+    """The inverted lists a CPU IVF index scans for each query (m, d), nearest first: list ids
+    (m, nprobe) int64 and their coarse scores (m, nprobe) float32; None for other indexes.
+
+    Why: searching queries ordered by their nearest list keeps each list in the CPU cache while
+    the queries that scan it follow one another (the export does; `search(probes=...)`).
+    """
+    if _on_gpu(index) or not isinstance(index, faiss.IndexIVF):
+        return None
+    q = _queries(index, queries, metric)
+    distances, lists = index.quantizer.search(q, index.nprobe)
+    return lists, distances
 
 
 def set_search_params(index: faiss.Index, *, nprobe: int | None = None,
@@ -175,6 +195,13 @@ def index_report(
         row["memory_mb"] = len(faiss.serialize_index(_to_cpu(index))) / 2**20
         rows.append(row)
     return rows
+
+
+def _queries(index: faiss.Index, queries: np.ndarray, metric: str) -> np.ndarray:
+    q = _prepare(queries, metric, "queries")
+    if q.shape[1] != index.d:
+        raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, index has {index.d}")
+    return q
 
 
 def _prepare(x: np.ndarray, metric: str, name: str) -> np.ndarray:

@@ -9,6 +9,7 @@ from recsys.index import (
     exact_search,
     index_report,
     load_index,
+    probe_lists,
     recall_at_k,
     sample_rows,
     save_index,
@@ -118,6 +119,28 @@ def test_search_in_batches_matches_one_batch(data):
     batched = search(index, queries, 10, ef_search=32, batch_size=7)
     np.testing.assert_array_equal(whole[1], batched[1])
     np.testing.assert_array_equal(whole[0], batched[0])
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_searching_with_chosen_probes_equals_a_plain_search(data, metric):
+    """The export picks each query's IVF lists once, to order queries by them: searching
+    with those lists must give exactly what a plain search gives, in any query order."""
+    items, queries, _ = data
+    index = build_index(items, "IVF64,Flat", metric)
+    plain = search(index, queries, 20, nprobe=4, metric=metric)
+    lists, distances = probe_lists(index, queries, metric)
+    assert lists.shape == distances.shape == (len(queries), 4)
+    order = np.argsort(lists[:, 0], kind="stable")
+    scores, rows = search(index, queries[order], 20, metric=metric,
+                          probes=(lists[order], distances[order]), batch_size=37)
+    np.testing.assert_array_equal(rows, plain[1][order])
+    np.testing.assert_array_equal(scores, plain[0][order])
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW32"])
+def test_indexes_without_inverted_lists_have_no_probes(data, spec):
+    items, queries, _ = data
+    assert probe_lists(build_index(items, spec), queries) is None
 
 
 def test_save_load_round_trip(data, tmp_path):
