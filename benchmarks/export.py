@@ -6,12 +6,14 @@
 
 "Ours" is the export job of recsys/candidates.py minus the model forward (the user vectors are
 given, as the synthetic catalogue makes them): per part of `--part-users` users,
-`candidates_table` (per batch: faiss search over-fetching past the seen items, dropping them,
-the arrow table) and `write_part` (atomic parquet part in a temp dir, deleted once timed so the
-disk stays free). "Raw faiss" is `index.search(queries, k)` on the same index and the same user
-vectors in batches of the same size. Both run on every part, in alternating order, so a busy
-machine slows both alike; users/s come from the summed times. Index building and making the
-synthetic users are not timed.
+`search_part` (per batch: faiss search over-fetching past the seen items, dropping them) and
+the part's `table` (a second search for users left short, the arrow table), made and written
+by the job's `PartWriter` while the next part is searched (atomic
+parquet parts in a temp dir, deleted once timed so the disk stays free). "Raw faiss" is
+`index.search(queries, k)` on the same index and the same user vectors in batches of the same
+size. Both run on every block of `--block-parts` parts, in alternating order, so a busy machine
+slows both alike; users/s come from the summed times, ours including the wait for each block's
+last write. Index building and making the synthetic users are not timed.
 
 Each spec (and each `--users-sweep` size) runs in a fresh subprocess, so its peak RSS
 (getrusage, taken before the recall check) is its own. Recall@k of a spec is raw search against
@@ -30,11 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 # benchmarks/ holds serving.py, which would hide the serving package that recsys imports: take
 # the folder off the path and load synthetic.py from its file
@@ -46,12 +50,12 @@ _spec.loader.exec_module(synthetic)
 synthetic_catalogue = synthetic.synthetic_catalogue
 
 from recsys import index as ann  # noqa: E402
-from recsys.candidate_search import build_catalogue, candidates_table  # noqa: E402
-from recsys.candidates import write_part  # noqa: E402
+from recsys.candidate_search import build_catalogue, search_part  # noqa: E402
+from recsys.candidates import PartWriter  # noqa: E402
 from recsys.config import ExportConfig  # noqa: E402
 from recsys.report import table  # noqa: E402
 
-WHAT = ("ours = recsys.candidate_search.candidates_table + candidates.write_part (search with "
+WHAT = ("ours = recsys.candidate_search.search_part + candidates.PartWriter (search with "
         "over-fetch, drop seen, parquet parts) on given user vectors: no model forward")
 
 
@@ -78,35 +82,40 @@ def run_case(args: argparse.Namespace, spec: str) -> dict:
     bs, k = args.batch_users, args.k
     seconds = {"ours": 0.0, "faiss": 0.0}
     rows = part_bytes = 0
+    starts = range(0, args.users, args.part_users)
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
-        for i, start in enumerate(range(0, args.users, args.part_users)):
-            users = cat.users(start, min(start + args.part_users, args.users))  # not timed
-            seen = users.histories()
-            queries = users.vectors  # raw faiss gets what ann.search would pass it
-            if args.metric == "cosine":
-                queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-            path = Path(tmp) / f"part-{i:05d}.parquet"
+        for b, first in enumerate(range(0, len(starts), args.block_parts)):
+            block = [(i, cat.users(s, min(s + args.part_users, args.users)))  # not timed
+                     for i, s in enumerate(starts[first:first + args.block_parts], first)]
+            seen = [users.histories() for _, users in block]  # the job has them, too
+            paths = [Path(tmp) / f"part-{i:05d}.parquet" for i, _ in block]
 
-            def ours(users=users, seen=seen, path=path):
-                batches = ((users.vectors[s:s + bs], seen[s:s + bs], users.ids[s:s + bs])
-                           for s in range(0, len(users), bs))
-                part = candidates_table(batches, item_ids, catalogue, cfg)
-                write_part(path, part, "benchmark")
-                return part.num_rows
+            def ours(block=block, seen=seen, paths=paths):  # the job's loop: write behind
+                with PartWriter("benchmark") as writer:
+                    for (_, users), history, path in zip(block, seen, paths, strict=True):
+                        batches = ((users.vectors[s:s + bs], history[s:s + bs], users.ids[s:s + bs])
+                                   for s in range(0, len(users), bs))
+                        searched = search_part(batches, catalogue, cfg)
+                        writer.write(path, partial(searched.table, item_ids))  # as the job
 
-            def raw(queries=queries):
-                for s in range(0, len(queries), bs):
-                    index.search(queries[s:s + bs], k)
+            def raw(block=block):
+                for _, users in block:
+                    queries = users.vectors  # raw faiss gets what ann.search would pass it
+                    if args.metric == "cosine":
+                        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+                    for s in range(0, len(queries), bs):
+                        index.search(queries[s:s + bs], k)
 
-            for name in ("ours", "faiss") if i % 2 == 0 else ("faiss", "ours"):
+            for name in ("ours", "faiss") if b % 2 == 0 else ("faiss", "ours"):
                 t = time.perf_counter()
-                out = ours() if name == "ours" else raw()
+                ours() if name == "ours" else raw()
                 seconds[name] += time.perf_counter() - t
-                if name == "ours":
-                    rows += out
-            part_bytes += path.stat().st_size
-            path.unlink()  # timed already: keep the disk free
-            print(f"part {i}: {start + len(users)}/{args.users} users, ours "
+            for path in paths:  # timed already: keep the disk free
+                rows += pq.read_metadata(path).num_rows
+                part_bytes += path.stat().st_size
+                path.unlink()
+            done = min(args.users, starts[block[-1][0]] + args.part_users)
+            print(f"parts {block[0][0]}-{block[-1][0]}: {done}/{args.users} users, ours "
                   f"{seconds['ours']:.1f} s, faiss {seconds['faiss']:.1f} s", file=sys.stderr,
                   flush=True)
     peak = peak_rss_mb()  # before the recall check, which builds an exact index
@@ -136,7 +145,8 @@ def child(args: argparse.Namespace, spec: str, users: int, recall_users: int) ->
     """`run_case` in a fresh interpreter, so that its peak RSS is its own."""
     argv = [sys.executable, __file__, "--child", "--specs", spec, "--users", str(users),
             "--recall-users", str(recall_users)]
-    for flag in ("items", "dim", "k", "batch_users", "part_users", "threads", "metric", "seed",
+    for flag in ("items", "dim", "k", "batch_users", "part_users", "block_parts", "threads",
+                 "metric", "seed",
                  "nprobe", "ef_search"):
         value = getattr(args, flag)
         if value is not None:
@@ -161,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
     parser.add_argument("--batch-users", type=int, default=ExportConfig.batch_users)
     parser.add_argument("--part-users", type=int, default=ExportConfig.part_users)
+    parser.add_argument("--block-parts", type=int, default=3,
+                        help="parts timed together, ours then raw faiss (alternating order)")
     parser.add_argument("--metric", default="ip", choices=ann.METRICS)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="faiss OpenMP threads (default: all cores)")

@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,9 @@ from torch import nn
 from tqdm import tqdm
 
 from features.ids import PAD, IdMap
+from recsys import index as ann
 from recsys.atomic import atomic_path, write_json
-from recsys.candidate_search import Catalogue, build_catalogue, candidates_table
+from recsys.candidate_search import Catalogue, SearchedPart, build_catalogue, search_part
 from recsys.config import ExportConfig, apply_override, config_from_dict, config_to_dict
 from recsys.data.split import Split
 from recsys.distributed import Worker, barrier, process_group, share
@@ -220,26 +223,30 @@ def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, items: np.nda
     bar = tqdm(total=sum(parts[i][1] - parts[i][0] for i in mine), unit=" users",
                desc=f"candidates rank {worker.rank}/{worker.world}")
     start = time.perf_counter()
-    for i in mine:
-        path, part = out / f"part-{i:05d}.parquet", rows[parts[i][0]:parts[i][1]]
-        if part_done(path, job["job"]):
-            done["parts_skipped"] += 1
-            bar.update(len(part))
-            continue
-        table = _part_table(model, split, item_ids, histories, part, catalogue, cfg, bar)
-        write_part(path, table, job["job"])
-        done["parts_written"] += 1
-        done["users_searched"] += len(part)
-        time.sleep(delay)
+    concurrent = ann.search_threads(catalogue.index) > 1
+    with PartWriter(job["job"]) as writer:
+        for i in mine:
+            path, part = out / f"part-{i:05d}.parquet", rows[parts[i][0]:parts[i][1]]
+            if part_done(path, job["job"]):
+                done["parts_skipped"] += 1
+                bar.update(len(part))
+                continue
+            searched = _search_part(model, split, histories, part, catalogue, cfg, bar)
+            # the table's second search may share the index with the next part's only on a CPU
+            writer.write(path, partial(searched.table, item_ids) if concurrent
+                         else searched.table(item_ids))
+            done["parts_written"] += 1
+            done["users_searched"] += len(part)
+            time.sleep(delay)
     bar.close()
     seconds = time.perf_counter() - start
     return {**done, "seconds": round(seconds, 3),
             "users_per_s": round(done["users_searched"] / max(seconds, 1e-9), 1)}
 
 
-def _part_table(model: nn.Module, split: Split, item_ids: pa.Array, histories: list[np.ndarray],
-                part: np.ndarray, catalogue: Catalogue, cfg: ExportConfig, bar: tqdm) -> pa.Table:
-    """The candidate rows of the users `part` (user rows), in user order, rank 1..K each."""
+def _search_part(model: nn.Module, split: Split, histories: list[np.ndarray], part: np.ndarray,
+                 catalogue: Catalogue, cfg: ExportConfig, bar: tqdm) -> SearchedPart:
+    """The users `part` (user rows) searched, their table yet to make."""
 
     def batches():  # the model forward happens here, one batch at a time
         for start in range(0, len(part), cfg.batch_users):
@@ -247,7 +254,7 @@ def _part_table(model: nn.Module, split: Split, item_ids: pa.Array, histories: l
             seen = [histories[r] for r in batch]
             yield batch_user_vectors(model, seen, batch), seen, split.users.ids[batch]
 
-    return candidates_table(batches(), item_ids, catalogue, cfg, bar)
+    return search_part(batches(), catalogue, cfg, bar)
 
 
 def write_part(path: Path, table: pa.Table, job: str) -> None:
@@ -262,6 +269,43 @@ def write_part(path: Path, table: pa.Table, job: str) -> None:
         raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); no part of it "
                       "was kept and no manifest written: free space and rerun the same command "
                       "to resume") from err
+
+
+class PartWriter:
+    """`write_part` on a thread of its own, one part at a time: part i is written while the
+    caller searches part i + 1 (a write is single-threaded, and would leave a core idle).
+
+    `write` waits for the previous part's write first, so at most two parts are in memory; a
+    failed write raises at the next `write` or on leaving the block, which waits for the last.
+    Given a function instead of a table, the thread also makes the table by calling it.
+    """
+
+    def __init__(self, job: str):
+        self.job = job
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="part-writer")
+        self._pending: Future | None = None
+
+    def write(self, path: Path, table: pa.Table | Callable[[], pa.Table]) -> None:
+        self._wait()
+        self._pending = self._thread.submit(self._write, path, table)
+
+    def _write(self, path: Path, table: pa.Table | Callable[[], pa.Table]) -> None:
+        write_part(path, table if isinstance(table, pa.Table) else table(), self.job)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, error_type: type | None, *_: Any) -> None:
+        try:
+            if error_type is None:
+                self._wait()
+        finally:  # on an error, too, the write under way ends (whole or not at all)
+            self._thread.shutdown(wait=True)
 
 
 def part_done(path: Path, job: str) -> bool:

@@ -6,11 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -295,3 +297,45 @@ def test_candidates_table_is_the_exact_top_k_unseen_with_long_histories(spec):
     np.testing.assert_allclose(table.column("score").to_numpy(),
                                np.take_along_axis(full, best, axis=1).ravel(), rtol=1e-4, atol=1e-4)
     assert table.schema.metadata[b"recsys.short_users"] == b"0"
+
+
+def test_the_part_writer_writes_behind_in_order(monkeypatch):
+    """`write` returns while the part is still being written; the next waits for it. A part
+    given as a function is made on the writer's thread."""
+    release, written, made_on = threading.Event(), [], []
+    table = pa.table({"x": [1]})
+
+    def slow_write(path, table, job):
+        assert release.wait(timeout=10), "the caller never went on while the part was written"
+        written.append((path, table.num_rows, job))
+
+    def make_table():
+        made_on.append(threading.current_thread())
+        return table
+
+    monkeypatch.setattr(candidates, "write_part", slow_write)
+    with candidates.PartWriter("job") as writer:
+        writer.write(Path("a"), table)
+        assert written == []  # still writing a: the caller is free to search the next part
+        release.set()
+        writer.write(Path("b"), make_table)
+    assert written == [(Path("a"), 1, "job"), (Path("b"), 1, "job")]
+    assert made_on and made_on[0] is not threading.main_thread()
+
+
+@pytest.mark.parametrize("failing", ["a", "b"])
+def test_a_failed_background_write_raises_and_nothing_after_it_is_written(monkeypatch, failing):
+    written = []
+
+    def write(path, table, job):
+        if path.name == failing:
+            raise OSError(28, "No space left on device")
+        written.append(path.name)
+
+    monkeypatch.setattr(candidates, "write_part", write)
+    table = pa.table({"x": [1]})
+    with pytest.raises(OSError, match="No space"), candidates.PartWriter("job") as writer:
+        writer.write(Path("a"), table)
+        writer.write(Path("b"), table)  # a's error surfaces here; b's on leaving the block
+        written.append("after b")
+    assert written == ([] if failing == "a" else ["a", "after b"])
