@@ -169,13 +169,14 @@ def _rows(ids: np.ndarray, found: np.ndarray, scores: np.ndarray, item_ids: pa.A
 
     user_id, rank and stage are dictionary arrays over the part's users, the ranks and the stage
     (SCHEMA's types once written): parquet then writes their dictionaries as they are instead of
-    hashing a million strings to find them."""
+    hashing a million strings to find them. So is item_id where the part names few distinct
+    items (`_named_items`)."""
     keep = found != PAD  # (U, K)
     user, col = np.nonzero(keep)  # row-major: users in order, best first
     return pa.table({
         "user_id": _dictionary(user, pa.array(ids, pa.string())),
         "rank": _dictionary(col, pa.array(np.arange(1, found.shape[1] + 1, dtype=np.int32))),
-        "item_id": item_ids.take(found[keep] - 1),
+        "item_id": _named_items(found[keep] - 1, item_ids),
         "score": pa.array(scores[keep]),
         "stage": _dictionary(np.zeros(len(user), np.int32), pa.array([STAGE], pa.string())),
     })
@@ -183,6 +184,20 @@ def _rows(ids: np.ndarray, found: np.ndarray, scores: np.ndarray, item_ids: pa.A
 
 def _dictionary(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32, copy=False)), values)
+
+
+def _named_items(rows: np.ndarray, item_ids: pa.Array) -> pa.Array:
+    """`item_ids` at `rows` (n,): a dictionary array over the distinct items where they are at
+    most 1/8 of the rows (parquet then writes each id once), else plain strings (a dictionary of
+    many distinct ids costs the writer more than it saves)."""
+    named = np.zeros(len(item_ids), dtype=bool)
+    named[rows] = True
+    distinct = np.flatnonzero(named)  # (d,) sorted
+    if len(distinct) * 8 > len(rows):
+        return item_ids.take(rows)
+    code = np.zeros(len(item_ids), dtype=np.int32)  # item row -> its place in `distinct`
+    code[distinct] = np.arange(len(distinct), dtype=np.int32)
+    return _dictionary(code[rows], item_ids.take(pa.array(distinct)))
 
 
 def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: Catalogue,
@@ -220,7 +235,8 @@ def _seen_pairs(histories: Sequence[np.ndarray],
     lengths = np.fromiter(map(len, histories), np.int64, len(histories))  # (B,)
     pairs = np.sort(np.repeat(np.arange(len(histories)) * width, lengths)
                     + np.concatenate(histories))  # (S',) with repeats
-    seen = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]  # (S,) cheaper than unique
+    first = np.ones(min(len(pairs), 1), dtype=bool)  # none when nobody in the batch saw any
+    seen = pairs[np.concatenate([first, pairs[1:] != pairs[:-1]])]  # (S,) cheaper than unique
     hot = np.zeros(width, dtype=bool)  # (n_items + 1,)
     hot[seen % width] = True
     offered = np.bincount(seen // width, weights=catalogue.offered[seen % width],

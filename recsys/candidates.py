@@ -47,13 +47,13 @@ log = logging.getLogger(__name__)
 
 JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"
 PART_DELAY_ENV = "RECSYS_EXPORT_PART_DELAY"  # test-only: seconds to sleep after each part
-# dictionary-encode the columns with few distinct values per part (user_id repeats K times);
-# compress only item_id: scores do not compress, and the dictionary columns are small already;
-# min/max statistics for user_id only (a reader looking for a user can skip parts by them).
-# The arrow schema is not stored: dictionary arrays in memory (candidate_search._rows) read back
-# as the plain types of candidate_search.SCHEMA.
+# Dictionary-encode the columns handed over as dictionary arrays (candidate_search._rows): their
+# dictionaries are written as they are, however large (hence the page limit), instead of found
+# by hashing every row. Compress only item_id: scores and codes hardly compress. Min/max
+# statistics for user_id only (a reader looking for a user can skip parts by them). The arrow
+# schema is not stored: dictionary arrays read back as the plain types of SCHEMA.
 PARQUET_OPTIONS = {
-    "use_dictionary": ["user_id", "rank", "stage"],
+    "dictionary_pagesize_limit": 1 << 30,
     "compression": {"user_id": "none", "rank": "none", "item_id": "snappy", "score": "none",
                     "stage": "none"},
     "write_statistics": ["user_id"],
@@ -260,9 +260,11 @@ def _search_part(model: nn.Module, split: Split, histories: list[np.ndarray], pa
 def write_part(path: Path, table: pa.Table, job: str) -> None:
     """Write one part atomically; a failed write leaves no file and says how to go on."""
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    dictionaries = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
     try:
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, table.schema, store_schema=False,
-                                                         **PARQUET_OPTIONS) as writer:
+        with atomic_path(path) as tmp, pq.ParquetWriter(
+                tmp, table.schema, store_schema=False, use_dictionary=dictionaries,
+                **PARQUET_OPTIONS) as writer:
             writer.write_table(table)
             writer.add_key_value_metadata({**meta, "recsys.job": job})
     except OSError as err:

@@ -339,3 +339,26 @@ def test_a_failed_background_write_raises_and_nothing_after_it_is_written(monkey
         writer.write(Path("b"), table)  # a's error surfaces here; b's on leaving the block
         written.append("after b")
     assert written == ([] if failing == "a" else ["a", "after b"])
+
+
+@pytest.mark.parametrize(("n_items", "dictionary"), [(30, True), (5000, False)])
+def test_item_ids_are_written_once_per_part_where_few_are_distinct(tmp_path, n_items, dictionary):
+    """200 users x K=20 rows name at most 30 distinct items (a dictionary pays) or up to 4,000
+    of 5,000 (it does not): either way the part reads back as the plain SCHEMA, row for row.
+    Nobody has seen anything here, which the search must take too."""
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((n_items, 8)).astype(np.float32)
+    queries = rng.standard_normal((200, 8)).astype(np.float32)
+    cfg = ExportConfig(k=20)
+    item_ids = np.array([f"item-{i}" for i in range(1, n_items + 1)], dtype=object)
+    ids = np.array([f"u{i}" for i in range(200)], dtype=object)
+    table = candidates_table([(queries, [np.empty(0, np.int64)] * 200, ids)], item_ids,
+                             build_catalogue(items, np.arange(1, n_items + 1), cfg), cfg)
+    assert pa.types.is_dictionary(table.schema.field("item_id").type) == dictionary
+    candidates.write_part(tmp_path / "part.parquet", table, "job")
+    back = pq.read_table(tmp_path / "part.parquet")
+    assert back.schema.remove_metadata() == SCHEMA
+    best = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :20]  # (200, 20) rows
+    assert back.column("item_id").to_pylist() == list(item_ids[best.ravel()])
+    encodings = pq.read_metadata(tmp_path / "part.parquet").row_group(0).column(2).encodings
+    assert ("RLE_DICTIONARY" in encodings) == dictionary
