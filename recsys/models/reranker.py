@@ -187,6 +187,9 @@ class Reranker(nn.Module):
 
     def __init__(self, config: RerankerConfig, inputs: RerankerInputs):
         super().__init__()
+        if config.recent_popularity_days and config.task != "listwise":
+            raise ValueError("model.reranker.recent_popularity_days is a listwise input: set it "
+                             "to 0 for task 'ctr'")
         self.config = config
         self.max_len = config.max_len
         self.sparse = SparseArch(config, inputs)

@@ -60,6 +60,13 @@ def test_forward_gives_one_logit_per_pair_and_ignores_left_padding():
     torch.testing.assert_close(longer(users, items, padded[:, -5:], stats), logits)
 
 
+def test_recent_popularity_is_one_more_listwise_input_and_refused_for_ctr():
+    model = _model(task="listwise", history_stats=False, recent_popularity_days=7)
+    assert model.dense.stats.in_features == 1  # no history stats, no retrieval features
+    with pytest.raises(ValueError, match="recent_popularity_days is a listwise input"):
+        _model(recent_popularity_days=7)
+
+
 def test_unknown_users_and_items_read_no_id_row():
     model = _model()
     users, items, _, _ = _batch()  # user 3 and item 6 have no trained ID row
