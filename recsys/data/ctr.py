@@ -163,11 +163,7 @@ def _check_part(name: str, part: CtrPart) -> None:
 def _history(user: np.ndarray, item: np.ndarray, time: np.ndarray, is_event: np.ndarray,
              max_len: int) -> np.ndarray:
     """(n, max_len) per row: the user's last `max_len` event items with time < the row's time."""
-    events = np.flatnonzero(is_event)
-    events = events[np.lexsort((events, time[events], user[events]))]  # by user, time, file order
-    keys = _user_time_key(user, time)
-    ends = np.searchsorted(keys[events], keys, side="left")  # first event not strictly earlier
-    starts = np.searchsorted(user[events], user, side="left")  # the user's first event
+    events, starts, ends = _earlier(user, time, is_event)
     positions = ends[:, None] - max_len + np.arange(max_len)[None, :]  # (n, max_len)
     present = positions >= starts[:, None]
     sorted_items = np.append(item[events], 0)  # index -1 (no events at all) reads padding
@@ -177,16 +173,24 @@ def _history(user: np.ndarray, item: np.ndarray, time: np.ndarray, is_event: np.
 def _stats(user: np.ndarray, labels: np.ndarray, time: np.ndarray, labelled: np.ndarray,
            prior: float) -> np.ndarray:
     """(n, 2) float32: log1p(count) and smoothed positive rate of the user's earlier rows."""
-    rows = np.flatnonzero(labelled)
-    rows = rows[np.lexsort((rows, time[rows], user[rows]))]
-    keys = _user_time_key(user, time)
-    ends = np.searchsorted(keys[rows], keys, side="left")
-    starts = np.searchsorted(user[rows], user, side="left")
+    rows, starts, ends = _earlier(user, time, labelled)
     cum = np.concatenate([[0.0], np.cumsum(labels[rows])])  # positives before sorted position i
     count = (ends - starts).astype(np.float64)
     positives = cum[ends] - cum[starts]
     rate = (positives + PRIOR_ROWS * prior) / (count + PRIOR_ROWS)
     return np.stack([np.log1p(count), rate], axis=1).astype(np.float32)
+
+
+def _earlier(user: np.ndarray, time: np.ndarray,
+             among: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows `among` (n,) bool sorted by user, time and file order (m,), and per row (n,)
+    the slice [start, end) of them that are the same user's rows strictly earlier."""
+    rows = np.flatnonzero(among)
+    rows = rows[np.lexsort((rows, time[rows], user[rows]))]
+    keys = _user_time_key(user, time)
+    ends = np.searchsorted(keys[rows], keys, side="left")  # first row not strictly earlier
+    starts = np.searchsorted(user[rows], user, side="left")  # the user's first row
+    return rows, starts, ends
 
 
 def _user_time_key(user: np.ndarray, time: np.ndarray) -> np.ndarray:
