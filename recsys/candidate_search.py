@@ -155,7 +155,7 @@ def _search_batches(queries: np.ndarray, histories: Sequence[np.ndarray], order:
                                 probes=batch_probes)
 
     workers = ann.search_threads(catalogue.index)
-    batches = workers * -(-len(order) // (workers * cfg.batch_users))
+    batches = min(workers * -(-len(order) // (workers * cfg.batch_users)), len(order))
     edges = [len(order) * i // batches for i in range(batches + 1)]
     if workers == 1:
         yield from map(work, edges[:-1], edges[1:])

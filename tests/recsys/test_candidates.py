@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -362,3 +363,27 @@ def test_item_ids_are_written_once_per_part_where_few_are_distinct(tmp_path, n_i
     assert back.column("item_id").to_pylist() == list(item_ids[best.ravel()])
     encodings = pq.read_metadata(tmp_path / "part.parquet").row_group(0).column(2).encodings
     assert ("RLE_DICTIONARY" in encodings) == dictionary
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat"])
+@pytest.mark.parametrize("users", [1, 3])
+def test_a_part_with_fewer_users_than_search_workers(spec, users):
+    """Two search workers and a part of 1 or 3 users: no worker gets an empty batch, and
+    every user gets the exact top K of their unseen items."""
+    rng = np.random.default_rng(users)
+    items = rng.standard_normal((700, 8)).astype(np.float32)
+    queries = rng.standard_normal((users, 8)).astype(np.float32)
+    cfg = ExportConfig(k=5, index=spec, nprobe=16)
+    catalogue = build_catalogue(items, np.arange(1, 701), cfg)
+    seen = [np.array([1, 2, 3])] * users
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        table = candidates_table([(queries, seen, np.array([f"u{i}" for i in range(users)]))],
+                                 np.array([f"i{i}" for i in range(1, 701)]), catalogue, cfg)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    scores = queries @ items.T
+    scores[:, :3] = -np.inf  # items 1-3 seen
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :5] + 1
+    assert table.column("item_id").to_pylist() == [f"i{i}" for i in best.ravel()]
