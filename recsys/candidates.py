@@ -47,11 +47,13 @@ log = logging.getLogger(__name__)
 
 JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"
 PART_DELAY_ENV = "RECSYS_EXPORT_PART_DELAY"  # test-only: seconds to sleep after each part
-# Dictionary-encode the columns handed over as dictionary arrays (candidate_search._rows): their
-# dictionaries are written as they are, however large (hence the page limit), instead of found
-# by hashing every row. Compress only item_id: scores and codes hardly compress. Min/max
-# statistics for user_id only (a reader looking for a user can skip parts by them). The arrow
-# schema is not stored: dictionary arrays read back as the plain types of SCHEMA.
+# Dictionary-encode user_id, rank and stage (few distinct values a part), and item_id where it
+# comes as a dictionary array (candidate_search._rows picks it where a part names few distinct
+# items): dictionary arrays are written as they are, however large (hence the page limit),
+# instead of found by hashing every row. Compress only item_id: scores and codes hardly
+# compress. Min/max statistics for user_id only (a reader looking for a user can skip parts by
+# them). The arrow schema is not stored: dictionary arrays read back as SCHEMA's plain types.
+DICTIONARY_COLUMNS = ("user_id", "rank", "stage")
 PARQUET_OPTIONS = {
     "dictionary_pagesize_limit": 1 << 30,
     "compression": {"user_id": "none", "rank": "none", "item_id": "snappy", "score": "none",
@@ -260,7 +262,8 @@ def _search_part(model: nn.Module, split: Split, histories: list[np.ndarray], pa
 def write_part(path: Path, table: pa.Table, job: str) -> None:
     """Write one part atomically; a failed write leaves no file and says how to go on."""
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
-    dictionaries = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+    dictionaries = [f.name for f in table.schema
+                    if f.name in DICTIONARY_COLUMNS or pa.types.is_dictionary(f.type)]
     try:
         with atomic_path(path) as tmp, pq.ParquetWriter(
                 tmp, table.schema, store_schema=False, use_dictionary=dictionaries,
