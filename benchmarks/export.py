@@ -8,8 +8,8 @@
 given, as the synthetic catalogue makes them): per part of `--part-users` users,
 `search_part` (per batch: faiss search over-fetching past the seen items, dropping them) and
 the part's `table` (a second search for users left short, the arrow table), made and written
-by the job's `PartWriter` while the next part is searched (atomic
-parquet parts in a temp dir, deleted once timed so the disk stays free). "Raw faiss" is
+by the job's `PartWriter` while the next part is searched (atomic parquet parts in a temp dir,
+deleted once timed so the disk stays free). "Raw faiss" is
 `index.search(queries, k)` on the same index and the same user vectors in batches of the same
 size. Both run on every block of `--block-parts` parts, in alternating order, so a busy machine
 slows both alike; users/s come from the summed times, ours including the wait for each block's
@@ -88,6 +88,8 @@ def run_case(args: argparse.Namespace, spec: str) -> dict:
             block = [(i, cat.users(s, min(s + args.part_users, args.users)))  # not timed
                      for i, s in enumerate(starts[first:first + args.block_parts], first)]
             seen = [users.histories() for _, users in block]  # the job has them, too
+            normed = [users.vectors / np.linalg.norm(users.vectors, axis=1, keepdims=True)
+                      if args.metric == "cosine" else users.vectors for _, users in block]
             paths = [Path(tmp) / f"part-{i:05d}.parquet" for i, _ in block]
 
             def ours(block=block, seen=seen, paths=paths):  # the job's loop: write behind
@@ -98,11 +100,8 @@ def run_case(args: argparse.Namespace, spec: str) -> dict:
                         searched = search_part(batches, catalogue, cfg)
                         writer.write(path, partial(searched.table, item_ids))  # as the job
 
-            def raw(block=block):
-                for _, users in block:
-                    queries = users.vectors  # raw faiss gets what ann.search would pass it
-                    if args.metric == "cosine":
-                        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+            def raw(normed=normed):  # raw faiss gets what ann.search would pass it
+                for queries in normed:
                     for s in range(0, len(queries), bs):
                         index.search(queries[s:s + bs], k)
 
