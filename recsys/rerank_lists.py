@@ -106,10 +106,19 @@ def retrieval_inputs(scores: np.ndarray, live: np.ndarray) -> np.ndarray:
 
 
 def _top_k(scores: torch.Tensor, target: torch.Tensor, k: int):
-    """(items (B, k), scores (B, k), target rank (B,)) in a stable order (lower index first)."""
-    values, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    rank = (order == target[:, None]).int().argmax(dim=1)  # (B,)
-    return order[:, :k], values[:, :k], rank
+    """(items (B, k), scores (B, k), target rank (B,)) of scores (B, n), best first, ties in
+    index order: what a stable descending sort gives, without sorting the catalogue (k << n)."""
+    k = min(k, scores.shape[1])
+    index = torch.arange(scores.shape[1])
+    mine = scores.gather(1, target[:, None])  # (B, 1) the target's score
+    rank = (scores > mine).sum(1) + ((scores == mine) & (index < target[:, None])).sum(1)
+    last = torch.topk(scores, k, dim=1).values[:, -1:]  # (B, 1) the k-th best score
+    above = scores > last  # (B, n) in the top k for sure
+    tied = scores == last  # the lowest-index ties fill the rest
+    keep = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))  # k a row
+    kept = index.expand_as(scores)[keep].view(len(scores), k)  # (B, k) in index order
+    values, order = torch.sort(scores.gather(1, kept), dim=1, descending=True, stable=True)
+    return kept.gather(1, order), values, rank
 
 
 def recent_popularity(event_items: np.ndarray, event_times: np.ndarray, items: np.ndarray,

@@ -24,7 +24,7 @@ from recsys.export import full_histories
 from recsys.losses import listwise_softmax
 from recsys.rerank_eval import paired_stderr, rerank_ranks
 from recsys.rerank_export import export_reranked, rerank_table
-from recsys.rerank_lists import RerankData, retrieve_lists, training_examples
+from recsys.rerank_lists import RerankData, _top_k, retrieve_lists, training_examples
 from recsys.rerank_task import sample_columns
 from recsys.runs import evaluate_run, load_data, load_run
 from recsys.train import fit
@@ -209,3 +209,20 @@ def _keeps_rng(call) -> bool:
     torch.manual_seed(7)
     call()
     return torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_k_is_a_stable_sort_cut_to_k(seed):
+    """Many ties (scores from 5 values, some -inf, padding column 0 at -inf): the lists and
+    the target's rank must be those of a stable descending sort of the whole row."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 5, (64, 300), generator=generator).float()
+    scores[torch.rand(64, 300, generator=generator) < 0.3] = float("-inf")
+    scores[:, 0] = float("-inf")
+    scores[:3, 10:] = float("-inf")  # rows with fewer finite items than k
+    target = torch.randint(0, 300, (64,), generator=generator)
+    items, values, rank = _top_k(scores, target, 20)
+    want_values, want_order = torch.sort(scores, dim=1, descending=True, stable=True)
+    assert torch.equal(items, want_order[:, :20])
+    assert torch.equal(values, want_values[:, :20])
+    assert torch.equal(rank, (want_order == target[:, None]).int().argmax(dim=1))
