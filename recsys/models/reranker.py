@@ -201,11 +201,8 @@ class Reranker(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor,
                 stats: torch.Tensor) -> torch.Tensor:
         """users (B,) user rows, items (B,) item indices, history (B, L) item indices before the
-        interaction (left-padded with 0), stats (B, 2) float -> logits (B,)."""
-        history = history[:, -self.max_len:]
-        sparse = self.sparse(users, items).flatten(1)  # (B, S * dim)
-        dense = self.dense(items, history, stats)  # (B, dense_out)
-        return self.over(self.interaction(torch.cat([sparse, dense], dim=1)))
+        interaction (left-padded with 0), stats (B, E) float -> logits (B,): lists of one."""
+        return self.score_lists(users, items[:, None], history, stats[:, None]).squeeze(1)
 
     def score_lists(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor,
                     stats: torch.Tensor) -> torch.Tensor:
