@@ -32,7 +32,7 @@ from features.ids import PAD
 from features.sequences import pad_left
 from recsys.config import RerankerConfig
 from recsys.data.split import Split
-from recsys.evaluate import mask_seen
+from recsys.evaluate import mask_seen, rank_of
 from recsys.models.reranker import N_RETRIEVAL
 
 DAY = 86_400  # seconds: the canonical schema's timestamps are integer seconds
@@ -110,15 +110,13 @@ def _top_k(scores: torch.Tensor, target: torch.Tensor, k: int):
     index order: what a stable descending sort gives, without sorting the catalogue (k << n)."""
     k = min(k, scores.shape[1])
     index = torch.arange(scores.shape[1])
-    mine = scores.gather(1, target[:, None])  # (B, 1) the target's score
-    rank = (scores > mine).sum(1) + ((scores == mine) & (index < target[:, None])).sum(1)
     last = torch.topk(scores, k, dim=1).values[:, -1:]  # (B, 1) the k-th best score
     above = scores > last  # (B, n) in the top k for sure
     tied = scores == last  # the lowest-index ties fill the rest
     keep = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))  # k a row
     kept = index.expand_as(scores)[keep].view(len(scores), k)  # (B, k) in index order
     values, order = torch.sort(scores.gather(1, kept), dim=1, descending=True, stable=True)
-    return kept.gather(1, order), values, rank
+    return kept.gather(1, order), values, rank_of(scores, target)
 
 
 def recent_popularity(event_items: np.ndarray, event_times: np.ndarray, items: np.ndarray,
@@ -252,8 +250,14 @@ class RerankData:
         if self.times is None:
             return np.zeros((*items.shape, 0), np.float32)
         now = np.full(len(items), self.end_time, np.int64) if now is None else now
-        return recent_popularity(np.concatenate(self.split.train), np.concatenate(self.times[0]),
-                                 items, now, self.config.recent_popularity_days)
+        return recent_popularity(*self._train_events, items, now,
+                                 self.config.recent_popularity_days)
+
+    @cached_property
+    def _train_events(self) -> tuple[np.ndarray, np.ndarray]:
+        """Items (m,) and times (m,) of every train interaction: what `popularity` counts (once,
+        not per call: the export asks per part)."""
+        return np.concatenate(self.split.train), np.concatenate(self.times[0])
 
     def _retrieve(self, histories, rows, targets, now) -> CandidateLists:
         lists = retrieve_lists(self.retriever, histories, rows, targets, self.config.candidates,
