@@ -63,6 +63,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def rss_mb() -> float:
+    """The resident set now (Linux), to show that memory stays flat part after part."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def run_case(args: argparse.Namespace, spec: str) -> dict:
     """One spec at one size, in this process: time ours and raw faiss part by part."""
     faiss.omp_set_num_threads(args.threads)
@@ -115,7 +120,8 @@ def run_case(args: argparse.Namespace, spec: str) -> dict:
                 path.unlink()
             done = min(args.users, starts[block[-1][0]] + args.part_users)
             print(f"parts {block[0][0]}-{block[-1][0]}: {done}/{args.users} users, ours "
-                  f"{seconds['ours']:.1f} s, faiss {seconds['faiss']:.1f} s", file=sys.stderr,
+                  f"{seconds['ours']:.1f} s, faiss {seconds['faiss']:.1f} s, RSS {rss_mb():.0f} MB "
+                  f"(peak {peak_rss_mb():.0f})", file=sys.stderr,
                   flush=True)
     peak = peak_rss_mb()  # before the recall check, which builds an exact index
     result = {
