@@ -151,8 +151,7 @@ def child(args: argparse.Namespace, spec: str, users: int, recall_users: int) ->
     argv = [sys.executable, __file__, "--child", "--specs", spec, "--users", str(users),
             "--recall-users", str(recall_users)]
     for flag in ("items", "dim", "k", "batch_users", "part_users", "block_parts", "threads",
-                 "metric", "seed",
-                 "nprobe", "ef_search"):
+                 "metric", "seed", "nprobe", "ef_search"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]

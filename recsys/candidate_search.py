@@ -49,14 +49,6 @@ def build_catalogue(vectors: np.ndarray, items: np.ndarray, cfg: ExportConfig) -
     return Catalogue(index, items, offered)
 
 
-def candidates_table(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
-                     item_ids: np.ndarray | pa.Array, catalogue: Catalogue, cfg: ExportConfig,
-                     bar: tqdm | None = None) -> pa.Table:
-    """One part's candidate rows (user_id, rank 1..K, item_id, score, stage), in user order:
-    `search_part`, then its `table`. The export's work after the model."""
-    return search_part(batches, catalogue, cfg, bar).table(item_ids)
-
-
 def search_part(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
                 catalogue: Catalogue, cfg: ExportConfig, bar: tqdm | None = None) -> SearchedPart:
     """Search one part's users: their top-K unseen, but for the few one search left short.

@@ -126,19 +126,44 @@ def recent_popularity(event_items: np.ndarray, event_times: np.ndarray, items: n
 
     event_items (m,) item indices and event_times (m,) seconds of the interactions that may be
     counted (any order); items (n, K) candidates (0 = padding, which has no events); now (n,)
-    seconds. One definition for the training lists, the valid/test lists and the export.
+    seconds. One definition for the training lists, the valid/test lists and the export
+    (which keep one `EventLog` rather than sort the events again per call).
     """
-    start = int(min(event_times.min(initial=0), now.min(initial=0) - days * DAY))
-    span = int(max(event_times.max(initial=0), now.max(initial=0))) - start + 1
-    if (max(int(items.max(initial=0)), int(event_items.max(initial=0))) + 1) * span \
-            >= np.iinfo(np.int64).max:
+    return EventLog.of(event_items, event_times).recent(items, now, days)
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """Interactions sorted once by (item, time): an item's events in a time window are then two
+    binary searches away."""
+
+    keys: np.ndarray  # (m,) sorted item * span + (time - start)
+    start: int  # the earliest event time
+    span: int  # seconds from the earliest to the latest event, + 1
+
+    @classmethod
+    def of(cls, event_items: np.ndarray, event_times: np.ndarray) -> EventLog:
+        start = int(event_times.min()) if len(event_times) else 0
+        span = int(event_times.max()) - start + 1 if len(event_times) else 1
+        _check_keys(int(event_items.max(initial=0)), span)
+        keys = np.sort(event_items.astype(np.int64) * span + (event_times - start))  # (m,)
+        return cls(keys, start, span)
+
+    def recent(self, items: np.ndarray, now: np.ndarray, days: int) -> np.ndarray:
+        """`recent_popularity` of candidates items (n, K) at times now (n,)."""
+        _check_keys(int(items.max(initial=0)), self.span)
+        base = items.astype(np.int64) * self.span  # (n, K): an item's keys are base + [0, span)
+        # window ends as offsets from start, clipped to [0, span]: no event lies outside
+        now = now.astype(np.int64)[:, None] - self.start  # (n, 1)
+        stop, begin = (np.clip(t, 0, self.span) for t in (now, now - days * DAY))
+        counts = (np.searchsorted(self.keys, base + stop, side="left")
+                  - np.searchsorted(self.keys, base + begin, side="left"))  # (n, K)
+        return np.log1p(counts).astype(np.float32)[..., None]
+
+
+def _check_keys(max_item: int, span: int) -> None:
+    if (max_item + 1) * span >= np.iinfo(np.int64).max:
         raise ValueError("recent_popularity: items x time span overflows int64 keys")
-    keys = np.sort(event_items.astype(np.int64) * span + (event_times - start))  # (m,)
-    base = items.astype(np.int64) * span  # (n, K): an item's keys are base .. base + span - 1
-    now = now.astype(np.int64)[:, None] - start  # (n, 1)
-    counts = (np.searchsorted(keys, base + now, side="left")
-              - np.searchsorted(keys, base + now - days * DAY, side="left"))  # (n, K)
-    return np.log1p(counts).astype(np.float32)[..., None]
 
 
 def split_times(split: Split, interactions: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray,
@@ -250,14 +275,13 @@ class RerankData:
         if self.times is None:
             return np.zeros((*items.shape, 0), np.float32)
         now = np.full(len(items), self.end_time, np.int64) if now is None else now
-        return recent_popularity(*self._train_events, items, now,
-                                 self.config.recent_popularity_days)
+        return self._train_events.recent(items, now, self.config.recent_popularity_days)
 
     @cached_property
-    def _train_events(self) -> tuple[np.ndarray, np.ndarray]:
-        """Items (m,) and times (m,) of every train interaction: what `popularity` counts (once,
-        not per call: the export asks per part)."""
-        return np.concatenate(self.split.train), np.concatenate(self.times[0])
+    def _train_events(self) -> EventLog:
+        """Every train interaction, what `popularity` counts, sorted once (not per call: the
+        export asks per part)."""
+        return EventLog.of(np.concatenate(self.split.train), np.concatenate(self.times[0]))
 
     def _retrieve(self, histories, rows, targets, now) -> CandidateLists:
         lists = retrieve_lists(self.retriever, histories, rows, targets, self.config.candidates,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from recsys import candidates
-from recsys.candidate_search import SCHEMA, build_catalogue, candidates_table
+from recsys.candidate_search import SCHEMA, build_catalogue, search_part
 from recsys.candidates import export_candidates
 from recsys.cli import main
 from recsys.config import ExportConfig
@@ -274,7 +274,7 @@ def test_torchrun_with_two_processes_writes_the_single_process_export(run, tmp_p
 
 
 @pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat"])
-def test_candidates_table_is_the_exact_top_k_unseen_with_long_histories(spec):
+def test_a_searched_part_is_the_exact_top_k_unseen_with_long_histories(spec):
     """Histories long enough that one search per batch leaves users short: the part's second
     search must give what one search as wide as the largest need gives (exact here)."""
     rng = np.random.default_rng(0)
@@ -287,8 +287,8 @@ def test_candidates_table_is_the_exact_top_k_unseen_with_long_histories(spec):
     catalogue = build_catalogue(items, np.arange(1, 401), cfg)
     ids = np.array([f"u{i}" for i in range(users)], dtype=object)
     batches = ((queries[s:s + 64], seen[s:s + 64], ids[s:s + 64]) for s in range(0, users, 64))
-    table = candidates_table(batches, np.array([f"i{i}" for i in range(1, 401)], dtype=object),
-                             catalogue, cfg)
+    table = search_part(batches, catalogue, cfg).table(
+        np.array([f"i{i}" for i in range(1, 401)], dtype=object))
     full = queries @ items.T
     for row, history in enumerate(seen):
         full[row, history - 1] = -np.inf
@@ -353,8 +353,8 @@ def test_item_ids_are_written_once_per_part_where_few_are_distinct(tmp_path, n_i
     cfg = ExportConfig(k=20)
     item_ids = np.array([f"item-{i}" for i in range(1, n_items + 1)], dtype=object)
     ids = np.array([f"u{i}" for i in range(200)], dtype=object)
-    table = candidates_table([(queries, [np.empty(0, np.int64)] * 200, ids)], item_ids,
-                             build_catalogue(items, np.arange(1, n_items + 1), cfg), cfg)
+    table = search_part([(queries, [np.empty(0, np.int64)] * 200, ids)],
+                        build_catalogue(items, np.arange(1, n_items + 1), cfg), cfg).table(item_ids)
     assert pa.types.is_dictionary(table.schema.field("item_id").type) == dictionary
     candidates.write_part(tmp_path / "part.parquet", table, "job")
     back = pq.read_table(tmp_path / "part.parquet")
@@ -379,8 +379,8 @@ def test_a_part_with_fewer_users_than_search_workers(spec, users):
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(2)
     try:
-        table = candidates_table([(queries, seen, np.array([f"u{i}" for i in range(users)]))],
-                                 np.array([f"i{i}" for i in range(1, 701)]), catalogue, cfg)
+        table = search_part([(queries, seen, np.array([f"u{i}" for i in range(users)]))],
+                            catalogue, cfg).table(np.array([f"i{i}" for i in range(1, 701)]))
     finally:
         faiss.omp_set_num_threads(threads)
     scores = queries @ items.T
