@@ -208,44 +208,48 @@ def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: 
     searches at least efSearch wide, so there a second search may find slightly different.
     `probes`: the queries' IVF lists when already chosen (`ann.probe_lists`).
     """
-    seen, hot, seen_offered = _seen_pairs(histories, catalogue)
+    seen, seen_offered = _seen_pairs(histories, catalogue)
     need = np.minimum(cfg.k + seen_offered, len(catalogue.items))  # (B,)
     fetch = min(max(int(np.quantile(need, quantile, method="higher")),
                     ann.free_width(catalogue.index, cfg.k)), len(catalogue.items))
     scores, rows = ann.search(catalogue.index, queries, fetch, metric=cfg.metric,
                               probes=probes)  # (B, fetch)
-    found, best, kept = _keep_unseen(scores, rows, seen, hot, catalogue, cfg.k)
+    found, best, kept = _keep_unseen(scores, rows, seen, catalogue, cfg.k)
     return found, best, np.flatnonzero((kept < cfg.k) & (need > fetch))
 
 
 def _seen_pairs(histories: Sequence[np.ndarray],
-                catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The batch's seen items: sorted distinct pair keys position * (n_items + 1) + item (S,),
-    whether anyone in the batch saw each item (n_items + 1,), and per user how many of their
-    seen items the index holds (B,)."""
+                catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's seen items as sorted distinct pair keys position * (n_items + 1) + item
+    (S,), and per user how many of their seen items the index holds (B,)."""
     width = len(catalogue.offered)
     lengths = np.fromiter(map(len, histories), np.int64, len(histories))  # (B,)
     pairs = np.sort(np.repeat(np.arange(len(histories)) * width, lengths)
                     + np.concatenate(histories))  # (S',) with repeats
     first = np.ones(min(len(pairs), 1), dtype=bool)  # none when nobody in the batch saw any
     seen = pairs[np.concatenate([first, pairs[1:] != pairs[:-1]])]  # (S,) cheaper than unique
-    hot = np.zeros(width, dtype=bool)  # (n_items + 1,)
-    hot[seen % width] = True
     offered = np.bincount(seen // width, weights=catalogue.offered[seen % width],
                           minlength=len(histories)).astype(np.int64)  # (B,)
-    return seen, hot, offered
+    return seen, offered
 
 
-def _keep_unseen(scores: np.ndarray, rows: np.ndarray, seen: np.ndarray, hot: np.ndarray,
-                 catalogue: Catalogue, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _keep_unseen(scores: np.ndarray, rows: np.ndarray, seen: np.ndarray, catalogue: Catalogue,
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best k unseen of search results (B, fetch): item indices (B, k) (PAD where fewer),
     scores (B, k) and how many each kept (B,). `seen` (S,) are the batch's sorted (position,
-    item) pair keys, `hot` its seen items."""
+    item) pair keys.
+
+    Each result's pair key goes through a one-hash Bloom filter of `seen` first: only the
+    few it flags (the user's seen items and a few % false alarms) are looked up in `seen`.
+    """
     found = catalogue.row_items[rows]  # (B, fetch) item indices, PAD for row -1 (no result)
     ok = found != PAD  # (B, fetch)
-    user, col = np.nonzero(hot[found])  # results that someone in the batch has seen
-    if len(user):  # drop the user's own seen: look each pair up in `seen`
-        pairs = user * len(hot) + found[user, col]
+    keys = found + np.arange(0, len(found) * len(catalogue.offered), len(catalogue.offered),
+                             dtype=np.int64)[:, None]  # (B, fetch) pair keys
+    flagged, shift = _bloom_filter(seen)
+    user, col = np.nonzero(flagged[_slot(keys, shift)])  # maybe the user's own seen
+    if len(user):
+        pairs = keys[user, col]
         ok[user, col] &= seen[np.minimum(np.searchsorted(seen, pairs), len(seen) - 1)] != pairs
     first = np.argsort(~ok, axis=1, kind="stable")  # (B, fetch) kept columns first, in order
     first = np.pad(first[:, :k], ((0, 0), (0, max(0, k - first.shape[1]))))  # (B, k)
@@ -253,3 +257,21 @@ def _keep_unseen(scores: np.ndarray, rows: np.ndarray, seen: np.ndarray, hot: np
     kept = np.minimum(ok.sum(axis=1), k)  # (B,)
     valid = np.arange(k) < kept[:, None]  # (B, k)
     return np.where(valid, found.take(first), PAD), np.where(valid, scores.take(first), 0), kept
+
+
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiply, keep the top bits
+
+
+def _bloom_filter(keys: np.ndarray) -> tuple[np.ndarray, np.uint64]:
+    """A one-hash Bloom filter over int64 `keys` (S,): its slots (a power of two, about 32 S:
+    ~3% false alarms, and small enough to stay in the CPU cache) and the shift `_slot` needs."""
+    bits = int(np.clip(np.ceil(np.log2(32 * max(len(keys), 1))), 16, 24))
+    shift = np.uint64(64 - bits)
+    flagged = np.zeros(1 << bits, dtype=bool)
+    flagged[_slot(keys, shift)] = True
+    return flagged, shift
+
+
+def _slot(keys: np.ndarray, shift: np.uint64) -> np.ndarray:
+    """Each non-negative int64 key's slot (same shape) in a filter of 2^(64 - shift) slots."""
+    return (np.ascontiguousarray(keys).view(np.uint64) * _FIBONACCI) >> shift

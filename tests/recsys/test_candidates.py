@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys import candidates
+from recsys import candidate_search, candidates
 from recsys.candidate_search import SCHEMA, build_catalogue, search_part
 from recsys.candidates import export_candidates
 from recsys.cli import main
@@ -298,6 +298,18 @@ def test_a_searched_part_is_the_exact_top_k_unseen_with_long_histories(spec):
     np.testing.assert_allclose(table.column("score").to_numpy(),
                                np.take_along_axis(full, best, axis=1).ravel(), rtol=1e-4, atol=1e-4)
     assert table.schema.metadata[b"recsys.short_users"] == b"0"
+
+
+@pytest.mark.parametrize("n_keys", [0, 1, 5000, 2_000_000])
+def test_the_seen_filter_flags_every_seen_pair_and_few_others(n_keys):
+    """The filter that spares most search results a lookup among the seen pairs may flag a
+    pair that was not seen (checked after), never miss one that was."""
+    rng = np.random.default_rng(n_keys)
+    keys = np.unique(rng.integers(0, 1 << 40, size=n_keys))
+    others = np.setdiff1d(rng.integers(0, 1 << 40, size=100_000), keys)
+    flagged, shift = candidate_search._bloom_filter(keys)
+    assert flagged[candidate_search._slot(keys, shift)].all()
+    assert flagged[candidate_search._slot(others, shift)].mean() < (0.05 if n_keys < 1e6 else 0.2)
 
 
 def test_the_part_writer_writes_behind_in_order(monkeypatch):
