@@ -6,12 +6,13 @@
 
 "Ours" is the export job of recsys/candidates.py minus the model forward (the user vectors are
 given, as the synthetic catalogue makes them): per part of `--part-users` users,
-`search_part` (per batch: faiss search over-fetching past the seen items, dropping them) and
-the part's `table` (a second search for users left short, the arrow table), made and written
-by the job's `PartWriter` while the next part is searched (atomic parquet parts in a temp dir,
-deleted once timed so the disk stays free). "Raw faiss" is
-`index.search(queries, k)` on the same index and the same user vectors in batches of the same
-size. Both run on every block of `--block-parts` parts, in alternating order, so a busy machine
+`search_part` (per batch of `--search-users`: the search over-fetching past the seen items,
+list by list for IVF,Flat, and dropping them) and the part's `table` (a second search for
+users left short, the arrow table), made and written by the job's `PartWriter` while the next
+part is searched (atomic parquet parts in a temp dir, deleted once timed so the disk stays
+free). "Raw faiss" is `index.search(queries, k)` on the same index and the same user vectors
+in batches of `--search-users` too (raw faiss is no faster in batches of 1,024 or 20,000).
+Both run on every block of `--block-parts` parts, in alternating order, so a busy machine
 slows both alike; users/s come from the summed times, ours including the wait for each block's
 last write. Index building and making the synthetic users are not timed.
 
@@ -74,8 +75,8 @@ def run_case(args: argparse.Namespace, spec: str) -> dict:
     cat = synthetic_catalogue(args.items, args.users, args.dim, args.seed)
     item_ids = pa.array(cat.item_ids(), pa.string())  # as the job does once per export
     cfg = ExportConfig(k=args.k, part_users=args.part_users, batch_users=args.batch_users,
-                       index=spec, metric=args.metric, nprobe=args.nprobe,
-                       ef_search=args.ef_search)
+                       search_users=args.search_users, index=spec, metric=args.metric,
+                       nprobe=args.nprobe, ef_search=args.ef_search)
     started = time.perf_counter()
     catalogue = build_catalogue(cat.item_vectors, np.arange(1, args.items + 1), cfg)
     build_s = time.perf_counter() - started
@@ -84,7 +85,7 @@ def run_case(args: argparse.Namespace, spec: str) -> dict:
     # sets nprobe / efSearch on the index (they stay set), so raw faiss searches alike
     ann.search(index, warm.vectors, args.k, nprobe=args.nprobe, ef_search=args.ef_search,
                metric=args.metric)
-    bs, k = args.batch_users, args.k
+    bs, search_bs, k = args.batch_users, args.search_users, args.k
     seconds = {"ours": 0.0, "faiss": 0.0}
     rows = part_bytes = 0
     starts = range(0, args.users, args.part_users)
@@ -107,8 +108,8 @@ def run_case(args: argparse.Namespace, spec: str) -> dict:
 
             def raw(normed=normed):  # raw faiss gets what ann.search would pass it
                 for queries in normed:
-                    for s in range(0, len(queries), bs):
-                        index.search(queries[s:s + bs], k)
+                    for s in range(0, len(queries), search_bs):
+                        index.search(queries[s:s + search_bs], k)
 
             for name in ("ours", "faiss") if b % 2 == 0 else ("faiss", "ours"):
                 t = time.perf_counter()
@@ -150,8 +151,8 @@ def child(args: argparse.Namespace, spec: str, users: int, recall_users: int) ->
     """`run_case` in a fresh interpreter, so that its peak RSS is its own."""
     argv = [sys.executable, __file__, "--child", "--specs", spec, "--users", str(users),
             "--recall-users", str(recall_users)]
-    for flag in ("items", "dim", "k", "batch_users", "part_users", "block_parts", "threads",
-                 "metric", "seed", "nprobe", "ef_search"):
+    for flag in ("items", "dim", "k", "batch_users", "search_users", "part_users", "block_parts",
+                 "threads", "metric", "seed", "nprobe", "ef_search"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
@@ -173,7 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--k", type=int, default=100, help="candidates per user")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF lists searched")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
-    parser.add_argument("--batch-users", type=int, default=ExportConfig.batch_users)
+    parser.add_argument("--batch-users", type=int, default=ExportConfig.batch_users,
+                        help="users handed to the export at once (the job's forward batch)")
+    parser.add_argument("--search-users", type=int, default=ExportConfig.search_users,
+                        help="users a search worker takes at once; raw faiss's batch too")
     parser.add_argument("--part-users", type=int, default=ExportConfig.part_users)
     parser.add_argument("--block-parts", type=int, default=3,
                         help="parts timed together, ours then raw faiss (alternating order)")
@@ -210,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(table(("users", "users/s ours", "users/s faiss", "ratio", "peak RSS MB"),
                     [(c["users"], f"{c['users_per_s']:.0f}", f"{c['faiss_users_per_s']:.0f}",
                       f"{c['ratio']:.3f}", f"{c['peak_rss_mb']:.0f}") for c in sweep]))
-    print(f"{WHAT}; faiss threads {args.threads}, batch {args.batch_users} users, part "
+    print(f"{WHAT}; faiss threads {args.threads}, batch {args.batch_users} users, search "
+          f"batch {args.search_users} users, part "
           f"{args.part_users} users, nprobe {args.nprobe}, efSearch {args.ef_search}, metric "
           f"{args.metric}; recall: raw search vs exact Flat on {args.recall_users} users")
     result = {
@@ -221,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": main_case["peak_rss_mb"],
         f"recall@{k}_vs_exact": main_case.get("recall@k_vs_exact"),
         "ratio_min": min(c["ratio"] for c in cases),
-        "batch_users": args.batch_users, "part_users": args.part_users, "threads": args.threads,
+        "batch_users": args.batch_users, "search_users": args.search_users,
+        "part_users": args.part_users, "threads": args.threads,
         "nprobe": args.nprobe, "ef_search": args.ef_search, "metric": args.metric,
         "model_forward": False,
     }

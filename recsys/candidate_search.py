@@ -14,11 +14,13 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from features.ids import PAD
 from recsys import index as ann
 from recsys.config import ExportConfig
+from recsys.ivf_scan import ListScanner
 
 STAGE = "retrieval"
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
@@ -32,6 +34,7 @@ class Catalogue:
     index: Any  # faiss index over the offered items' vectors
     items: np.ndarray  # (m,) item index of each index row
     offered: np.ndarray  # (n_items + 1,) bool: the item is in the index
+    scanner: ListScanner | None = None  # a CPU IVF,Flat index's lists, searched a list at a time
 
     @cached_property
     def row_items(self) -> np.ndarray:
@@ -46,7 +49,7 @@ def build_catalogue(vectors: np.ndarray, items: np.ndarray, cfg: ExportConfig) -
     offered[items] = True
     index = ann.build_index(vectors[items - 1], cfg.index, cfg.metric)
     ann.set_search_params(index, nprobe=cfg.nprobe, ef_search=cfg.ef_search)  # once, not per search
-    return Catalogue(index, items, offered)
+    return Catalogue(index, items, offered, ListScanner.of(index))
 
 
 def search_part(batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray], np.ndarray]],
@@ -138,7 +141,9 @@ def _search_batches(queries: np.ndarray, histories: Sequence[np.ndarray], order:
     """(user rows (B,), top_unseen of them) per batch of users taken in `order`. Batches are
     searched by a pool of single-threaded workers, each a batch from search to dropping the
     seen: one multi-threaded search per batch would leave all cores but one idle while numpy
-    drops the seen. The batches (at most `cfg.batch_users` users) are of equal sizes and a
+    drops the seen. BLAS (the IVF,Flat scan's matrix products) runs on one thread for the same
+    reason: threads of its own in every worker would fight the workers for the cores (a third
+    slower on 2 cores). The batches (at most `cfg.search_users` users) are of equal sizes and a
     multiple of the workers in number, so that the workers finish the part together."""
     def work(start: int, stop: int) -> tuple[np.ndarray, tuple]:
         rows = order[start:stop]
@@ -147,13 +152,15 @@ def _search_batches(queries: np.ndarray, histories: Sequence[np.ndarray], order:
                                 probes=batch_probes)
 
     workers = ann.search_threads(catalogue.index)
-    batches = min(workers * -(-len(order) // (workers * cfg.batch_users)), len(order))
+    batches = min(workers * -(-len(order) // (workers * cfg.search_users)), len(order))
     edges = [len(order) * i // batches for i in range(batches + 1)]
-    if workers == 1:
-        yield from map(work, edges[:-1], edges[1:])
-        return
-    with ThreadPoolExecutor(workers, initializer=faiss.omp_set_num_threads, initargs=(1,)) as pool:
-        yield from pool.map(work, edges[:-1], edges[1:])
+    with threadpool_limits(1, user_api="blas"):
+        if workers == 1:
+            yield from map(work, edges[:-1], edges[1:])
+            return
+        with ThreadPoolExecutor(workers, initializer=faiss.omp_set_num_threads,
+                                initargs=(1,)) as pool:
+            yield from pool.map(work, edges[:-1], edges[1:])
 
 
 def _rows(ids: np.ndarray, found: np.ndarray, scores: np.ndarray, item_ids: pa.Array) -> pa.Table:
@@ -212,8 +219,12 @@ def top_unseen(queries: np.ndarray, histories: Sequence[np.ndarray], catalogue: 
     need = np.minimum(cfg.k + seen_offered, len(catalogue.items))  # (B,)
     fetch = min(max(int(np.quantile(need, quantile, method="higher")),
                     ann.free_width(catalogue.index, cfg.k)), len(catalogue.items))
-    scores, rows = ann.search(catalogue.index, queries, fetch, metric=cfg.metric,
-                              probes=probes)  # (B, fetch)
+    if probes is not None and catalogue.scanner is not None:
+        scores, rows = catalogue.scanner.search(
+            ann.prepare_queries(catalogue.index, queries, cfg.metric), fetch, probes[0])
+    else:
+        scores, rows = ann.search(catalogue.index, queries, fetch, metric=cfg.metric,
+                                  probes=probes)  # (B, fetch)
     found, best, kept = _keep_unseen(scores, rows, seen, catalogue, cfg.k)
     return found, best, np.flatnonzero((kept < cfg.k) & (need > fetch))
 

@@ -116,7 +116,7 @@ def resolve_settings(base: ExportConfig, overrides: Sequence[str],
         apply_override(raw, item)
     raw["export"].update({key: v for key, v in settings.items() if v is not None})
     cfg = config_from_dict(raw).export
-    for key in ("k", "part_users", "batch_users"):
+    for key in ("k", "part_users", "batch_users", "search_users"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"config key 'export.{key}' must be >= 1, got {getattr(cfg, key)}")
     return cfg

@@ -65,7 +65,7 @@ def search(
     without that parameter ignores it. A row is -1 where the index found fewer than k results.
     `probes` are the queries' lists from `probe_lists` (IVF only): the search skips choosing them.
     """
-    q = _queries(index, queries, metric)
+    q = prepare_queries(index, queries, metric)
     if not 1 <= k <= index.ntotal:
         raise ValueError(f"k must be in 1..{index.ntotal} (vectors in the index), got {k}")
     set_search_params(index, nprobe=nprobe, ef_search=ef_search)
@@ -92,7 +92,7 @@ def probe_lists(index: faiss.Index, queries: np.ndarray,
     """
     if _on_gpu(index) or not isinstance(index, faiss.IndexIVF):
         return None
-    q = _queries(index, queries, metric)
+    q = prepare_queries(index, queries, metric)
     distances, lists = index.quantizer.search(q, index.nprobe)
     return lists, distances
 
@@ -197,7 +197,8 @@ def index_report(
     return rows
 
 
-def _queries(index: faiss.Index, queries: np.ndarray, metric: str) -> np.ndarray:
+def prepare_queries(index: faiss.Index, queries: np.ndarray, metric: str) -> np.ndarray:
+    """`queries` (m, d) as `search` gives them to faiss: checked float32, normalised for cosine."""
     q = _prepare(queries, metric, "queries")
     if q.shape[1] != index.d:
         raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, index has {index.d}")
