@@ -184,7 +184,7 @@ class ExportConfig:
     part_users: int = 20_000  # users per parquet part: the unit of resume and of torchrun shards;
     # an IVF search orders a part's users by inverted list, so larger parts search faster
     batch_users: int = 1024  # users whose vectors are computed at once
-    search_users: int = 5000  # users a search worker takes at once (an IVF,Flat scan shares
+    search_users: int = 10_000  # users a search worker takes at once (an IVF,Flat scan shares
     # each list's matrix product among them: recsys/ivf_scan.py)
     index: str = "Flat"  # faiss index_factory spec over the item vectors (Flat, IVF256,Flat ...)
     metric: Literal["ip", "cosine"] = "ip"  # candidate score: inner product or cosine
