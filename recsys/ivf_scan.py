@@ -25,7 +25,8 @@ ROUNDS = (1, 3)  # probe ranks where a round ends (then the rest): nearest list,
 
 
 class ListScanner:
-    """The inverted lists of a CPU `IndexIVFFlat` as numpy views into the index (no copy)."""
+    """The inverted lists of a CPU `IndexIVFFlat` as numpy views into the index (no copy: keep
+    the index, and add nothing to it, for as long as the scanner is used)."""
 
     def __init__(self, index: faiss.IndexIVFFlat):
         invlists, dim = index.invlists, index.d
