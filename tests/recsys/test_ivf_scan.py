@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import pytest
 
-from recsys.index import build_index, prepare_queries, probe_lists, search
+from recsys.index import build_index, prepare_queries, probe_lists, search, set_search_params
 from recsys.ivf_scan import ListScanner
 from tests.recsys.test_index import clustered
 
@@ -19,7 +19,8 @@ faiss.omp_set_num_threads(1)  # tests share a small machine
 @pytest.mark.parametrize("metric", ["ip", "cosine"])
 def test_the_list_scan_finds_what_faiss_finds(spec, nprobe, k, holes, metric):
     items, queries = clustered(seed=1, n=3000, d=24, m=150)
-    index = index_with(build_index(items, spec, metric), nprobe)
+    index = build_index(items, spec, metric)
+    set_search_params(index, nprobe=nprobe)
     lists, distances = probe_lists(index, queries, metric)
     scores, rows = ListScanner.of(index).search(prepare_queries(index, queries, metric), k, lists)
     want_scores, want_rows = search(index, queries, k, metric=metric, probes=(lists, distances))
@@ -35,23 +36,17 @@ def assert_same_results(queries, items, got, want, tol=1e-5):
     np.testing.assert_array_equal(rows == -1, want_rows == -1)
     found = rows >= 0
     np.testing.assert_allclose(scores[found], want_scores[found], rtol=tol, atol=tol)
-    exact = [(queries[i].astype(np.float64) @ items[r[r >= 0]].astype(np.float64).T)
-             for rows_of in (rows, want_rows) for i, r in enumerate(rows_of)]
-    half = len(queries)
-    for ours, theirs in zip(exact[:half], exact[half:], strict=True):
-        np.testing.assert_allclose(np.sort(ours), np.sort(theirs), rtol=tol, atol=tol)
+    for query, ours, theirs in zip(queries.astype(np.float64), rows, want_rows, strict=True):
+        exact = [np.sort(items[r[r >= 0]].astype(np.float64) @ query) for r in (ours, theirs)]
+        np.testing.assert_allclose(*exact, rtol=tol, atol=tol)
     assert (rows == want_rows).mean() > 0.999
-
-
-def index_with(index, nprobe):
-    index.nprobe = nprobe
-    return index
 
 
 def test_a_missing_list_is_skipped():
     """faiss marks a probe it could not fill with -1; the scan skips it as faiss does."""
     items, queries = clustered(seed=2, n=2000, d=16, m=40)
-    index = index_with(build_index(items, "IVF32,Flat"), 4)
+    index = build_index(items, "IVF32,Flat")
+    set_search_params(index, nprobe=4)
     lists, distances = probe_lists(index, queries)
     lists[:, 2:] = -1
     want = index.search_preassigned(queries, 30, lists, distances)
