@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from recsys.data import load_dataset, prepare
 
 
@@ -129,3 +131,13 @@ def test_s3rec_empty_file(raw_copy, assert_fails_cleanly):
     raw = raw_copy("amazon-s3rec")
     (raw / "Tiny.txt").write_text("\n")
     assert_fails_cleanly("amazon-s3rec", raw, "Tiny.txt", "'user_id'", "no rows")
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "1e30", "-1e30"])
+def test_2018_timestamp_outside_int64(raw_copy, assert_fails_cleanly, value):
+    raw = raw_copy("amazon-2018")  # pandas refused the first (a ValueError traceback); the
+    reviews = raw / "Tiny_5.json"  # others became -2**63
+    reviews.write_text(reviews.read_text().replace("1078531200", value))
+    assert_fails_cleanly("amazon-2018", raw, "Tiny_5.json: column 'unixReviewTime'",
+                         "as a whole number within int64", "line 2: ",
+                         f'"unixReviewTime": {value}}}\'')

@@ -168,3 +168,27 @@ def test_bad_genre_flag_and_unknown_code(raw_copy, assert_fails_cleanly):
 def test_unknown_mapping_key(raw_copy, tmp_path):
     with pytest.raises(DataError, match="unknown key.*ratings_file.*missing_timestamp"):
         prepare("movielens-1m", raw_copy("ml-1m"), tmp_path / "ds", {"rating_file": "x"})
+
+
+@pytest.mark.parametrize("value", ["-1e30", "99999999999999999999"])
+def test_timestamp_outside_int64(raw_copy, assert_fails_cleanly, value):
+    raw = raw_copy("ml-latest")  # was stored as -2**63: first in the user's history
+    ratings = raw / "ratings.csv"
+    ratings.write_text(ratings.read_text().replace("964981247", value))
+    assert_fails_cleanly("movielens-latest", raw, "ratings.csv: column 'timestamp'",
+                         f"cannot parse '{value}' as a whole number within int64",
+                         f"line 3: '1,3,4.5,{value}'")
+
+
+def test_rating_not_finite(raw_copy, assert_fails_cleanly):
+    raw = raw_copy("ml-latest")
+    ratings = raw / "ratings.csv"
+    ratings.write_text(ratings.read_text().replace("4.5", "inf"))
+    assert_fails_cleanly("movielens-latest", raw, "ratings.csv: column 'rating'", "'inf'",
+                         "line 3: '1,3,inf,964981247'")
+
+
+def test_ratings_file_outside_the_raw_dir(raw_copy, assert_fails_cleanly):
+    assert_fails_cleanly("movielens-1m", raw_copy("ml-1m"), "mapping for movielens-1m: "
+                         "'ratings_file' must name a file inside the raw dir",
+                         mapping={"ratings_file": "../ml-1m/ratings.dat"})

@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.data.numbers import finite_float32, not_numbers, whole_numbers
 from recsys.data.schema import DataError
 
 UTF8 = ("utf-8",)
@@ -124,24 +126,38 @@ class RawTable:
         self._fail_where(column, empty, "empty value")
         return values
 
-    def ints(self, column: str) -> pd.Series:
-        """An int64 column; anything that is not a whole number is an error."""
-        self.require(column)
-        number = pd.to_numeric(self.frame[column], errors="coerce")
-        bad = number.isna() | (number % 1 != 0)
-        self._fail_where(column, bad, "cannot parse {!r} as an integer")
-        return number.astype("int64")
+    def ints(self, column: str, allowed: Sequence[int] | None = None) -> pd.Series:
+        """An int64 column of whole numbers ('7', '7.0', '7e0'); anything else is an error.
+
+        Negative values are accepted (a timestamp before 1970 is a date like any other).
+        """
+        self._require_numbers(column)
+        values, bad = whole_numbers(self.frame[column])
+        self._fail_where(column, bad, "cannot parse {!r} as a whole number within int64")
+        if allowed is not None:
+            outside = ~np.isin(values, allowed)
+            self._fail_where(column, outside, f"{{!r}} is not one of {list(allowed)}")
+        return pd.Series(values, index=self.frame.index, dtype="int64")
 
     def floats(self, column: str) -> pd.Series:
-        self.require(column)
-        number = pd.to_numeric(self.frame[column], errors="coerce")
-        self._fail_where(column, number.isna(), "cannot parse {!r} as a number")
-        return number.astype("float32")
+        """A float32 column; NaN, inf and values float32 cannot hold are errors."""
+        self._require_numbers(column)
+        values, bad = finite_float32(self.frame[column])
+        self._fail_where(column, bad, "cannot parse {!r} as a finite float32 number")
+        return pd.Series(values, index=self.frame.index, dtype="float32")
 
-    def _fail_where(self, column: str, bad: pd.Series, problem: str) -> None:
+    def _require_numbers(self, column: str) -> None:
+        self.require(column)
+        if not_numbers(self.frame[column]):  # parquet datetimes would become microseconds
+            raise self.error(column, 0, f"expected numbers, got {self.frame[column].dtype}")
+
+    def _fail_where(self, column: str, bad, problem: str) -> None:
+        """Raise `problem` (formatted with the raw value) at the first row where `bad` is true."""
+        bad = np.asarray(bad, dtype=bool)
         if bad.any():
-            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            pos = int(np.flatnonzero(bad)[0])
             value = self.frame[column].iloc[pos]
+            value = value.item() if isinstance(value, np.generic) else value  # 1e+30, no numpy
             raise self.error(column, pos, problem.format("" if pd.isna(value) else value))
 
 
@@ -157,15 +173,22 @@ def read_table(
     # The C parser takes one-character separators only; '::' (MovieLens 1M) becomes a tab.
     parse_sep = "\t" if len(sep) > 1 else sep
     body = text.replace(sep, parse_sep) if len(sep) > 1 else text
+    has_header = names is None
     try:
-        frame = pd.read_csv(
-            io.StringIO(body), sep=parse_sep, header=None if names else 0, names=names,
-            dtype=str, keep_default_na=False, na_filter=False, index_col=False,
-            skip_blank_lines=False, quoting=quoting, engine="c",
-        )
+        with warnings.catch_warnings():
+            # a first data line with extra fields is cut short with only this warning
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.StringIO(body), sep=parse_sep, header=None if names else 0, names=names,
+                dtype=str, keep_default_na=False, na_filter=False, index_col=False,
+                skip_blank_lines=False, quoting=quoting, engine="c",
+            )
+    except pd.errors.ParserWarning:
+        line = text.split("\n")[int(has_header)]
+        raise DataError(f"{path.name}: column '?': more fields than columns "
+                        f"(line {1 + int(has_header)}: {shorten(repr(line))})") from None
     except (pd.errors.ParserError, ValueError) as err:
         raise DataError(f"{path.name}: column '?': cannot parse the file ({err})") from None
-    has_header = names is None
     table = RawTable(path.name, frame, _join_fields(frame, sep), 2 if has_header else 1)
     if len(frame) == 0:
         column = names[0] if names else frame.columns[0]
@@ -187,6 +210,28 @@ def check_mapping(mapping: Mapping | None, allowed: Sequence[str], source: str) 
         valid = ", ".join(allowed) if allowed else "none"
         raise DataError(f"mapping for {source}: unknown key(s) {unknown}; valid keys: {valid}")
     return options
+
+
+def raw_file(raw: Path, name, source: str, key: str) -> Path:
+    """`raw / name` for a file name (or glob pattern) given in the mapping under `key`.
+
+    It must stay inside the raw dir: that is what dataset.json fingerprints, so an edit to a
+    file outside it would go unnoticed by `ensure_dataset`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"mapping for {source}: '{key}' must be a file name, got {name!r}")
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise DataError(f"mapping for {source}: '{key}' must name a file inside the raw dir "
+                        f"{raw}, got {name!r}")
+    return raw / name
+
+
+def epoch_seconds(times: pd.Series) -> pd.Series:
+    """Whole seconds since 1970-01-01 (UTC when tz-aware; fractions dropped), years 1-9999.
+
+    Subtracting a nanosecond Timestamp would overflow past 2262.
+    """
+    return times.dt.as_unit("us").astype("int64") // 1_000_000
 
 
 def find_one(raw: Path, patterns: Sequence[str], what: str, option: str) -> Path:

@@ -24,6 +24,7 @@ from recsys.data.sources._raw import (
     RawTable,
     check_mapping,
     find_one,
+    raw_file,
     read_text,
     shorten,
 )
@@ -49,14 +50,15 @@ def read_json_lines(path: Path) -> RawTable:
     lines = text.split("\n")
     try:
         frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)  # no guessing
-    except ValueError:
+    except ValueError:  # find the line; valid JSON pandas refuses (a number past 2**64)
+        records = []
         for number, line in enumerate(lines, 1):
             try:
-                json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path.name}: column '?': invalid JSON, {err.msg} "
                                 f"(line {number}: {shorten(repr(line))})") from None
-        raise
+        frame = pd.DataFrame.from_records(records)  # big ints stay Python ints, checked later
     if len(frame) == 0:
         raise DataError(f"{path.name}: column '?': the file has no rows")
     return RawTable(path.name, frame, lambda pos: lines[pos])
@@ -93,6 +95,7 @@ def convert_lcrec(raw: Path, mapping=None):
     """`<name>.inter.json` + `<name>.item.json`; mapping option `name` picks one of several."""
     options = check_mapping(mapping, ("name",), "amazon-lcrec")
     prefix = options.get("name", "*")
+    raw_file(raw, prefix, "amazon-lcrec", "name")  # a name inside the raw dir
     inter_path = find_one(raw, [f"{prefix}.inter.json"], "LC-Rec interaction", "name")
     item_path = inter_path.with_name(inter_path.name.replace(".inter.json", ".item.json"))
 
@@ -142,6 +145,7 @@ def convert_s3rec(raw: Path, mapping=None):
     """
     options = check_mapping(mapping, ("name",), "amazon-s3rec")
     prefix = options.get("name", "*")
+    raw_file(raw, prefix, "amazon-s3rec", "name")  # a name inside the raw dir
     seq_path = find_one(raw, [f"{prefix}.txt"], "S3-Rec sequence", "name")
     lines = [line.split() for line in read_text(seq_path).split("\n") if line.strip()]
     if not lines:
@@ -208,6 +212,9 @@ def convert_2018(raw: Path, mapping=None):
     if scope not in ("interacted", "all"):
         raise DataError(f"mapping for amazon-2018: items must be 'interacted' or 'all', "
                         f"got {scope!r}")
+    for key in ("reviews", "meta"):
+        if key in options:
+            raw_file(raw, options[key], "amazon-2018", key)  # a pattern inside the raw dir
     reviews_path = find_one(raw, [options["reviews"]] if "reviews" in options
                             else ["*_5.json.gz", "*_5.json"], "reviews", "reviews")
     meta_path = find_one(raw, [options["meta"]] if "meta" in options

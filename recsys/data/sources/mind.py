@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data.sources._raw import RawTable, check_mapping, find_one, read_table
+from recsys.data.sources._raw import RawTable, check_mapping, epoch_seconds, find_one, read_table
 
 LICENSE = ("MIND, Microsoft Research License Terms: non-commercial research only, no "
            "redistribution; cite Wu et al., ACL 2020.")
@@ -62,7 +62,7 @@ def _impressions(behaviors: RawTable) -> pd.DataFrame:
         pos = int(np.flatnonzero(bad)[0])
         raise behaviors.error("time", pos, f"cannot parse {behaviors.frame['time'].iloc[pos]!r} "
                                            f"as {TIME_FORMAT!r}")
-    seconds = (times - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
+    seconds = epoch_seconds(times)
 
     shown = behaviors.strs("impressions").str.split().explode()
     parts = shown.str.rsplit("-", n=1, expand=True).reindex(columns=[0, 1])

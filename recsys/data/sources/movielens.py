@@ -18,6 +18,7 @@ from recsys.data.sources._raw import (
     LATIN1,
     RawTable,
     check_mapping,
+    raw_file,
     read_table,
     split_list,
     year_from_title,
@@ -116,7 +117,7 @@ def convert_1m(raw: Path, mapping=None):
                         f"got {on_missing!r}")
     name = options.get("ratings_file") or next(
         (n for n in ML1M_DEFAULT_RATINGS if (raw / n).is_file()), ML1M_DEFAULT_RATINGS[0])
-    path = raw / name
+    path = raw_file(raw, name, "movielens-1m", "ratings_file")
     notes = {"ratings_file": name}
     if ".csv" in path.suffixes:
         table = read_table(path, ",", encodings=LATIN1, quoting=csv.QUOTE_MINIMAL)

@@ -12,6 +12,9 @@
      "sep": ",", "encoding": "utf-8", "name": "...", "license": "..."}
 
 Without a timestamp column the position of a row among its user's rows (0, 1, 2, ...) is the time.
+Unix timestamps must be whole seconds within int64 ("1.5" is an error, "1.0" and "1e9" are not);
+before 1970 (negative) is accepted. ISO / strftime times keep whole seconds (fractions dropped)
+and take years 1-9999. Labels must be 0 or 1; ratings finite numbers (negative accepted).
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.data.schema import DataError
-from recsys.data.sources._raw import RawTable, check_mapping, read_table, split_list
+from recsys.data.sources._raw import (
+    RawTable,
+    check_mapping,
+    epoch_seconds,
+    raw_file,
+    read_table,
+    split_list,
+)
 
 OPTIONS = ("interactions", "items", "users", "columns", "item_columns", "user_columns",
            "timestamp_format", "list_separator", "list_columns", "sep", "encoding", "name",
@@ -36,6 +46,7 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "label", "im
 
 def convert(raw: Path, mapping=None):
     options = check_mapping(mapping, OPTIONS, "tabular")
+    _check_types(options)
     columns = dict(options.get("columns") or {})
     for key in ("interactions", "columns"):
         if not options.get(key):
@@ -48,18 +59,19 @@ def convert(raw: Path, mapping=None):
         raise DataError(f"mapping for tabular: unknown columns {unknown}; "
                         f"valid: {list(INTERACTION_COLUMNS)}")
 
-    table = _read(raw, options["interactions"], options)
+    _check_encoding(options.get("encoding", "utf-8"))
+    table = _read(raw, "interactions", options)
     inter = _interactions(table, columns, options.get("timestamp_format", "unix"))
     files = {"interactions": table.name}
     if options.get("items"):
-        items_table = _read(raw, options["items"], options)
+        items_table = _read(raw, "items", options)
         items = _entities(items_table, "item_id", options.get("item_columns"), columns, options)
         files["items"] = items_table.name
     else:
         items = pd.DataFrame({"item_id": pd.Series(pd.unique(inter["item_id"]), dtype="str")})
     users = None
     if options.get("users"):
-        users_table = _read(raw, options["users"], options)
+        users_table = _read(raw, "users", options)
         users = _entities(users_table, "user_id", options.get("user_columns"), columns, options)
         files["users"] = users_table.name
     meta = {"name": options.get("name", raw.name),
@@ -68,8 +80,37 @@ def convert(raw: Path, mapping=None):
     return inter, items, users, meta
 
 
-def _read(raw: Path, name: str, options: Mapping) -> RawTable:
-    path = raw / name
+def _check_types(options: Mapping) -> None:
+    """Each option's type, so a wrong one is named here and not met as a TypeError later."""
+    for key, value in options.items():
+        if value is None:  # unset
+            continue
+        if key in ("columns", "item_columns", "user_columns"):
+            ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+            expected = "a mapping of names to column names"
+        elif key == "list_columns":
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            expected = "a list of attribute names"
+        else:
+            ok, expected = isinstance(value, str) and value != "", "a non-empty string"
+        if not ok:
+            raise DataError(f"mapping for tabular: '{key}' must be {expected}, got {value!r}")
+
+
+def _check_encoding(encoding: str) -> None:
+    """An unknown (or non-text, like 'base64') encoding names the mapping key, not a codec."""
+    try:
+        b"x".decode(encoding)  # b"" would be decoded without looking the codec up
+    except UnicodeDecodeError:  # a real text codec (utf-16 wants two bytes)
+        pass
+    except LookupError:
+        raise DataError(f"mapping for tabular: 'encoding': unknown text encoding {encoding!r}") \
+            from None
+
+
+def _read(raw: Path, key: str, options: Mapping) -> RawTable:
+    """The file named by mapping `key`: CSV / TSV (optionally .gz) or parquet."""
+    path = raw_file(raw, options[key], "tabular", key)
     if not path.name.endswith(".parquet"):
         sep = options.get("sep") or ("\t" if ".tsv" in path.suffixes else ",")
         encoding = options.get("encoding", "utf-8")
@@ -93,7 +134,7 @@ def _interactions(table: RawTable, columns: Mapping[str, str], fmt: str) -> pd.D
     else:  # the file order within each user is the time order
         inter["timestamp"] = inter.groupby("user_id", sort=False).cumcount().astype("int64")
     if "label" in columns:
-        inter["label"] = table.ints(columns["label"])
+        inter["label"] = table.ints(columns["label"], allowed=(0, 1))
     if "rating" in columns:
         inter["rating"] = table.floats(columns["rating"])
     if "impression_id" in columns:
@@ -106,14 +147,18 @@ def _timestamps(table: RawTable, column: str, fmt: str) -> pd.Series:
     if fmt == "unix":
         return table.ints(column)
     values = table.strs(column)
-    parsed = pd.to_datetime(values, format="ISO8601" if fmt == "iso" else fmt, utc=True,
-                            errors="coerce")
+    try:
+        parsed = pd.to_datetime(values, format="ISO8601" if fmt == "iso" else fmt, utc=True,
+                                errors="coerce")
+    except ValueError as err:  # the format itself, e.g. '%Q': bad values only become NaT
+        raise DataError(f"mapping for tabular: 'timestamp_format': {fmt!r} is not a valid "
+                        f"format ({err})") from None
     bad = parsed.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise table.error(column, pos, f"cannot parse {values.iloc[pos]!r} with "
                                        f"timestamp_format {fmt!r}")
-    return (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return epoch_seconds(parsed)
 
 
 def _entities(table: RawTable, key: str, chosen: Mapping | None, columns: Mapping,
