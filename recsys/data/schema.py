@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import shutil
-import tempfile
-import uuid
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +24,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from recsys.data.atomic_dir import replacing
+from recsys.data.numbers import finite_float32, not_numbers, whole_numbers
 
 FORMAT_VERSION = 1
 INFO_FILE = "dataset.json"
@@ -92,21 +92,21 @@ def _ids(df: pd.DataFrame, column: str, file: str) -> pd.Series:
     return ids
 
 
-def _numbers(df: pd.DataFrame, column: str, file: str, what: str) -> pd.Series:
+def _numbers(df: pd.DataFrame, column: str, file: str, what: str) -> np.ndarray:
+    """`column` as int64 ("timestamp", "label": whole numbers, labels 0 / 1) or float32."""
     values = df[column]
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
-        # datetimes would silently become nanoseconds: converters give seconds explicitly
+    if not_numbers(values):  # converters give seconds explicitly
         raise _error(file, column, f"expected {what}, got {values.dtype}", df,
                      np.ones(len(df), bool))
-    number = pd.to_numeric(values, errors="coerce").reset_index(drop=True)
-    bad = number.isna()
-    if column in ("timestamp", "label"):
-        bad = bad | (number % 1 != 0)
+    if column == "rating":
+        number, bad = finite_float32(values)
+    else:
+        number, bad = whole_numbers(values)
     if column == "label":
-        bad = bad | ~number.isin([0, 1])
-    bad = bad.to_numpy()
+        bad = bad | ~np.isin(number, [0, 1])
     if bad.any():
-        raise _error(file, column, f"null or unparsable value, expected {what}", df, bad)
+        raise _error(file, column, f"null, unparsable or out-of-range value, expected {what}", df,
+                     bad)
     return number
 
 
@@ -123,11 +123,11 @@ def validate_interactions(df: pd.DataFrame, file: str = FILES["interactions"]) -
     if len(df) == 0:
         raise _error(file, "user_id", "the table is empty")
     out = {c: _ids(df, c, file) for c in ("user_id", "item_id")}
-    out["timestamp"] = _numbers(df, "timestamp", file, "integer seconds").astype("int64")
+    out["timestamp"] = _numbers(df, "timestamp", file, "integer seconds within int64")
     if "label" in df.columns:
         out["label"] = _numbers(df, "label", file, "0 or 1").astype("int8")
     if "rating" in df.columns:
-        out["rating"] = _numbers(df, "rating", file, "a number").astype("float32")
+        out["rating"] = _numbers(df, "rating", file, "a finite float32 number")
     if "impression_id" in df.columns:
         out["impression_id"] = _ids(df, "impression_id", file)
     return pd.DataFrame(out)
@@ -271,10 +271,7 @@ def write_dataset(out_dir, interactions, items, users=None, *, name: str, source
     info = _describe(inter, items, users, name=name, source=source, license=license)
     info.update(extra or {})
     _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with replacing(out_dir) as tmp:
         info["files"] = {}
         for kind, df in (("interactions", inter), ("items", items), ("users", users)):
             if df is not None:
@@ -283,10 +280,6 @@ def write_dataset(out_dir, interactions, items, users=None, *, name: str, source
                                               "rows": len(df)}
         info["sha256"] = _combined_hash(info["files"])
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
@@ -304,21 +297,6 @@ def _check_replaceable(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: not empty and has no {INFO_FILE}; refusing to replace it")
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """rename() is atomic per directory; the old dataset is moved aside until the new one is in."""
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except BaseException:
-        old.rename(out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _read_parquet(path: Path, kind: str) -> pd.DataFrame:
     try:
         table = pq.read_table(path)
@@ -331,9 +309,7 @@ def _read_parquet(path: Path, kind: str) -> pd.DataFrame:
                          for name in table.column_names})
 
 
-def load_dataset(path) -> Dataset:
-    """Read a dataset directory, verify its content hash and run every validation."""
-    path = Path(path)
+def _read_info(path: Path) -> dict:
     info_path = path / INFO_FILE
     if not info_path.is_file():
         raise DataError(f"{INFO_FILE}: file not found in {path} (run prepare first)")
@@ -341,6 +317,27 @@ def load_dataset(path) -> Dataset:
         info = json.loads(info_path.read_text("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"{INFO_FILE}: not valid JSON in {path} ({err})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{INFO_FILE}: not a JSON object in {path}")
+    return info
+
+
+def dataset_sha256(path) -> str:
+    """The content hash of a dataset dir (over its parquet files), as dataset.json records it.
+
+    Reads dataset.json only; `load_dataset` checks the files against it.
+    """
+    path = Path(path)
+    digest = _read_info(path).get("sha256")
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise DataError(f"{INFO_FILE}: no valid 'sha256' in {path} (prepare it again)")
+    return digest
+
+
+def load_dataset(path) -> Dataset:
+    """Read a dataset directory, verify its content hash and run every validation."""
+    path = Path(path)
+    info = _read_info(path)
     files = info.get("files") or {}
     for kind in ("interactions", "items"):
         if FILES[kind] not in files:
@@ -352,6 +349,9 @@ def load_dataset(path) -> Dataset:
         if _sha256(file) != entry.get("sha256"):
             raise DataError(f"{name}: content sha256 does not match {INFO_FILE} in {path}; "
                             "the file changed after it was written (prepare it again)")
+    if info.get("sha256") != _combined_hash(files):  # the hash runs record (dataset_sha256)
+        raise DataError(f"{INFO_FILE}: 'sha256' does not match its file list in {path} "
+                        "(prepare it again)")
     tables = {kind: _read_parquet(path / FILES[kind], kind) if FILES[kind] in files else None
               for kind in FILES}
     inter, items, users = validate_tables(tables["interactions"], tables["items"], tables["users"])

@@ -93,6 +93,12 @@ def bad(name):
     if name == "datetime timestamp":  # would silently become nanoseconds
         interactions["timestamp"] = pd.to_datetime(interactions["timestamp"], unit="s")
         return (interactions, items, users), ["'timestamp'", "datetime64", "row 0:"]
+    if name == "timestamp past int64":  # a plain cast made it -2**63
+        interactions["timestamp"] = [5.0, 1e30, 7.0, 1.0]
+        return (interactions, items, users), ["'timestamp'", "out-of-range", "row 1:"]
+    if name == "infinite rating":
+        interactions["rating"] = [1.0, 2.0, np.inf, 3.0]
+        return (interactions, items, users), ["'rating'", "finite", "row 2:"]
     if name == "bad label":
         interactions["label"] = [0, 1, 2, 1]
         return (interactions, items, users), ["'label'", "row 2:"]
@@ -110,7 +116,8 @@ def bad(name):
 
 
 CASES = ["missing column", "duplicate item", "duplicate user", "unknown item", "unknown user",
-         "null timestamp", "unparsable timestamp", "datetime timestamp", "bad label",
+         "null timestamp", "unparsable timestamp", "datetime timestamp", "timestamp past int64",
+         "infinite rating", "bad label",
          "empty interactions", "empty items", "float ids", "mixed attribute"]
 
 
