@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -43,12 +44,16 @@ def prepare(source: str, raw: str | Path, out: str | Path, mapping: Mapping | No
     raw = Path(raw).resolve()
     if not raw.exists():
         raise DataError(f"{raw}: raw data not found")
+    if not raw.is_dir():
+        raise DataError(f"{raw}: not a directory (the raw path is the folder of the raw files)")
     plain = _plain_mapping(mapping)
+    files = raw_fingerprint(raw, Path(out))  # before reading: a later edit must show
     interactions, items, users, meta = SOURCES[source](raw, plain)
     info = write_dataset(
         out, interactions, items, users, name=meta["name"], source=source,
         license=meta["license"], origin=meta.get("files"),
-        extra={"raw": str(raw), "mapping": plain, "notes": meta.get("notes", {})},
+        extra={"raw": str(raw), "raw_files": files, "mapping": plain,
+               "notes": meta.get("notes", {})},
     )
     counts = info["counts"]
     log.info("prepared %s -> %s: %d users, %d items, %d interactions (%d items without text)",
@@ -57,11 +62,40 @@ def prepare(source: str, raw: str | Path, out: str | Path, mapping: Mapping | No
     return info
 
 
+def raw_fingerprint(raw: Path, out: Path | None = None) -> dict[str, list[int]]:
+    """Relative path -> [size, mtime_ns] of every file under `raw` (`out` and its temp dirs
+    left out, should the dataset live inside the raw dir).
+
+    Size + mtime and no content hash: it costs one stat per file, where hashing would read the
+    whole raw data (gigabytes) on every `ensure_dataset`. An edit keeps both only when someone
+    resets the mtime on purpose; a file touched but unchanged is prepared again (safe side).
+    """
+    skip = None if out is None else Path(out).resolve()
+    found = {}
+    for folder, dirs, names in os.walk(raw):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if skip is None or not _is_dataset_dir(here / d, skip))
+        for name in sorted(names):
+            try:
+                stat = (here / name).stat()
+            except OSError:  # a dangling link: no file to read either
+                continue
+            found[(here / name).relative_to(raw).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return found
+
+
+def _is_dataset_dir(path: Path, out: Path) -> bool:
+    """`out` or one of its temp / old dirs (`.NAME.tmp-*`, `.NAME.old-*`)."""
+    return path == out or (path.parent == out.parent and path.name.startswith(f".{out.name}."))
+
+
 def ensure_dataset(source: str, raw: str | Path, out: str | Path,
                    mapping: Mapping | None = None) -> Path:
-    """`out` if it already holds this source/raw/mapping; otherwise prepare it first.
+    """`out` if it already holds this source/raw/mapping and the raw files are unchanged
+    (sizes and mtimes, see `raw_fingerprint`); otherwise prepare it first.
 
-    Only dataset.json is compared (cheap); `load_dataset` verifies the content hash.
+    Only dataset.json and the raw files' stats are read (cheap); `load_dataset` verifies the
+    content hash. A dataset.json without a fingerprint (older code) is prepared again.
     """
     out = Path(out)
     info_path = out / INFO_FILE
@@ -70,12 +104,17 @@ def ensure_dataset(source: str, raw: str | Path, out: str | Path,
             info = json.loads(info_path.read_text("utf-8"))
         except (ValueError, UnicodeDecodeError):
             info = {}
+        info = info if isinstance(info, dict) else {}
+        raw_dir = Path(raw).resolve()
         same = (
             info.get("source") == source
-            and info.get("raw") == str(Path(raw).resolve())
+            and info.get("raw") == str(raw_dir)
             and info.get("mapping") == _plain_mapping(mapping)
             and info.get("created_with", {}).get("format_version") == FORMAT_VERSION
         )
+        if same and info.get("raw_files") != raw_fingerprint(raw_dir, out):
+            log.info("raw files under %s changed since %s was prepared", raw_dir, out)
+            same = False
         if same:
             counts = info.get("counts", {})
             log.info("dataset %s is up to date (%s users, %s items, %s interactions)", out,
