@@ -11,13 +11,30 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Interval, MinLen
 
 
 class ConfigError(ValueError):
     """A config file or override that does not match the schema."""
+
+
+# Value ranges, checked at load (annotated-types constraints, as pydantic reads them too).
+Count = Annotated[int, Ge(1)]  # sizes, lengths, steps: at least one
+NonNegative = Annotated[int, Ge(0)]
+Positive = Annotated[float, Gt(0)]
+Share = Annotated[float, Interval(ge=0, lt=1)]  # dropout rates, shares of a catalogue
+Quantile = Annotated[float, Interval(gt=0, lt=1)]
+
+
+class _Invalid(ValueError):
+    """A rule across keys of one section broken; `key` names the key to change."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(problem)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -26,8 +43,16 @@ class CtrDataConfig:
 
     positive_min: float = 4.0  # rating >= this -> label 1, when the dataset has no label column
     negative_max: float = 2.0  # rating <= this -> label 0; ratings in between are dropped
-    valid_from: float = 0.8  # global time quantile of the labelled rows where validation starts
-    test_from: float = 0.9  # global time quantile where test starts (train: before valid_from)
+    valid_from: Quantile = 0.8  # global time quantile of the labelled rows where validation starts
+    test_from: Quantile = 0.9  # global time quantile where test starts (train: before valid_from)
+
+    def __post_init__(self):
+        if self.negative_max >= self.positive_min:
+            raise _Invalid("negative_max", f"{self.negative_max} must be below positive_min "
+                                           f"{self.positive_min}")
+        if self.valid_from >= self.test_from:
+            raise _Invalid("valid_from", f"{self.valid_from} must be below test_from "
+                                         f"{self.test_from}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +61,7 @@ class DataConfig:
     raw: str = "data/sample/ml-latest-small"  # raw files, relative to the working directory
     dir: str = "data/prepared/ml-latest-small"  # canonical dataset dir written by prepare
     mapping: dict[str, Any] | None = None  # column mapping for source "tabular"
-    cold_items: float = 0.0  # share of items (newest first seen) kept out of training: cold start
+    cold_items: Share = 0.0  # share of items (newest first seen) kept out of training: cold start
     ctr: CtrDataConfig = field(default_factory=CtrDataConfig)  # labels + temporal split (reranker)
 
 
@@ -44,28 +69,32 @@ class DataConfig:
 class ItemTextConfig:
     attributes: tuple[str, ...] = ("title", "genres", "brand", "category", "tags", "description")
     # ^ attributes rendered into an item's sentence, in this order; absent ones are skipped
-    max_tokens: int = 32  # token budget per attribute value
-    max_length: int = 256  # token budget of the whole sentence
+    max_tokens: Count = 32  # token budget per attribute value
+    max_length: Count = 256  # token budget of the whole sentence
 
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
     path: str | None = None  # local Hugging Face model dir; None = bundled all-MiniLM-L6-v2
-    projection_dim: int = 0  # linear projection after mean pooling; 0 = none
-    batch_size: int = 128  # sentences per forward pass when encoding the catalogue
+    projection_dim: NonNegative = 0  # linear projection after mean pooling; 0 = none
+    batch_size: Count = 128  # sentences per forward pass when encoding the catalogue
     bf16: bool = False  # bf16 autocast on CPUs that support it
     cache_dir: str | None = "cache/text"  # encodings keyed by (model, text) hash; None = off
 
 
 @dataclass(frozen=True)
 class SASRecConfig:
-    max_len: int = 200  # history positions the model sees (most recent kept)
-    dim: int = 64  # embedding and hidden size
-    layers: int = 2  # transformer blocks
-    heads: int = 1  # attention heads
-    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
-    ffn_mult: int = 4  # feed-forward width = ffn_mult * dim
+    max_len: Count = 200  # history positions the model sees (most recent kept)
+    dim: Count = 64  # embedding and hidden size
+    layers: Count = 2  # transformer blocks
+    heads: Count = 1  # attention heads
+    dropout: Share = 0.2  # dropout on embeddings, attention and feed-forward
+    ffn_mult: Count = 4  # feed-forward width = ffn_mult * dim
     repeat_bias: bool = False  # learn one score offset for items already in the history
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise _Invalid("heads", f"{self.heads} heads do not divide dim {self.dim}")
 
 
 @dataclass(frozen=True)
@@ -76,68 +105,72 @@ class PopularityConfig:
 @dataclass(frozen=True)
 class MaskingConfig:
     kind: Literal["none", "random", "correlated"] = "none"  # SSL feature masking (Yao et al.)
-    alpha: float = 0.1  # weight of the contrastive loss next to the retrieval loss
-    temperature: float = 0.1  # softmax temperature of the contrastive (InfoNCE) loss
-    batch_size: int = 256  # items drawn uniformly from the catalogue per step for the SSL loss
+    alpha: Annotated[float, Ge(0)] = 0.1  # weight of the contrastive loss beside the retrieval one
+    temperature: Positive = 0.1  # softmax temperature of the contrastive (InfoNCE) loss
+    batch_size: Count = 256  # items drawn uniformly from the catalogue per step for the SSL loss
 
 
 @dataclass(frozen=True)
 class TwoTowerConfig:
-    dim: int = 64  # output size of both towers (the retrieval embedding)
-    max_len: int = 50  # most recent history items the user tower sees
+    dim: Count = 64  # output size of both towers (the retrieval embedding)
+    max_len: Count = 50  # most recent history items the user tower sees
     item_ids: bool = True  # item-ID embedding in the item tower (off: text and attributes only)
-    id_dropout: float = 0.0  # training share of items shown without their ID (as cold ones are)
+    id_dropout: Share = 0.0  # training share of items shown without their ID (as cold ones are)
     user_ids: bool = True  # user-ID embedding in the user tower
     user_categorical: tuple[str, ...] = ()  # user attributes (users.parquet) as ID bags
     text: tuple[str, ...] = ("title",)  # attributes read by the frozen text encoder, one feature
     categorical: tuple[str, ...] = ()  # attributes embedded as ID bags through torchrec
-    max_values: int = 16  # values kept per categorical attribute of an item
+    max_values: Count = 16  # values kept per categorical attribute of an item
     history: Literal["mean", "transformer"] = "mean"  # mean, or a transformer read at the newest
-    history_layers: int = 1  # transformer blocks when history = "transformer"
-    hidden: int = 256  # hidden width of each tower's MLP
-    dropout: float = 0.1  # dropout inside the towers' MLPs
-    temperature: float = 0.05  # softmax temperature of the retrieval loss (vectors are unit length)
-    uniform_negatives: int = 0  # negatives drawn uniformly from the catalogue, on top of in-batch
+    history_layers: Count = 1  # transformer blocks when history = "transformer"
+    hidden: Count = 256  # hidden width of each tower's MLP
+    dropout: Share = 0.1  # dropout inside the towers' MLPs
+    temperature: Positive = 0.05  # softmax temperature of the retrieval loss (unit vectors)
+    uniform_negatives: NonNegative = 0  # negatives drawn uniformly from the catalogue, beside
+    # ^ the in-batch ones
     logq: bool = True  # subtract log sampling probability from each negative's logit
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    text_max_tokens: int = 64  # token budget of one attribute's text
+    text_max_tokens: Count = 64  # token budget of one attribute's text
     finetune_text: bool = False  # train the text encoder with the towers (off: frozen, cached)
-    text_lr: float = 5e-5  # AdamW learning rate of the encoder when fine-tuned
+    text_lr: Positive = 5e-5  # AdamW learning rate of the encoder when fine-tuned
 
 
 @dataclass(frozen=True)
 class RerankerConfig:
     """DCN-v2 CTR model over (user, item, history before the interaction) (models/reranker.py)."""
 
-    dim: int = 16  # embedding size of each sparse feature (ID and attribute bags)
+    dim: Count = 16  # embedding size of each sparse feature (ID and attribute bags)
     user_ids: bool = True  # user-ID bag (users unseen in training read an empty bag)
     item_ids: bool = True  # item-ID bag (items unseen in training read an empty bag)
-    user_id_dropout: float = 0.0  # training share of rows shown without the user ID (as new users)
-    item_id_dropout: float = 0.0  # training share of rows shown without the item ID (as new items)
+    user_id_dropout: Share = 0.0  # training share of rows shown without the user ID (as new users)
+    item_id_dropout: Share = 0.0  # training share of rows shown without the item ID (as new items)
     user_categorical: tuple[str, ...] = ()  # user attributes (users.parquet) as ID bags
     categorical: tuple[str, ...] = ()  # item attributes as ID bags through torchrec
-    max_values: int = 16  # values kept per categorical attribute
+    max_values: Count = 16  # values kept per categorical attribute
     text: tuple[str, ...] = ("title",)  # item attributes read by the frozen text encoder
-    max_len: int = 50  # most recent items (before the interaction) pooled into the history
+    max_len: Count = 50  # most recent items (before the interaction) pooled into the history
     history_stats: bool = True  # log count and smoothed positive rate of the user's earlier rows
-    dense_hidden: tuple[int, ...] = (128, 64)  # dense-arch MLP widths over the dense features
-    cross_layers: int = 2  # DCN-v2 cross layers over [sparse embeddings, dense output]
-    cross_rank: int = 0  # low-rank cross weights (U V^T of this rank); 0 = full matrices
-    over_hidden: tuple[int, ...] = (128, 64)  # over-arch MLP widths before the logit
-    dropout: float = 0.1  # dropout in the dense and over arches
+    dense_hidden: tuple[Count, ...] = (128, 64)  # dense-arch MLP widths over the dense features
+    cross_layers: NonNegative = 2  # DCN-v2 cross layers over [sparse embeddings, dense output]
+    cross_rank: NonNegative = 0  # low-rank cross weights (U V^T of this rank); 0 = full matrices
+    over_hidden: tuple[Count, ...] = (128, 64)  # over-arch MLP widths before the logit
+    dropout: Share = 0.1  # dropout in the dense and over arches
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    text_max_tokens: int = 64  # token budget of one attribute's text
+    text_max_tokens: Count = 64  # token budget of one attribute's text
     # relevance reranking of a retriever's top-K (recsys/rerank_lists.py, rerank_task.py)
     task: Literal["ctr", "listwise"] = "ctr"  # BCE on labelled rows, or softmax over candidates
     retrieval_run: str | None = None  # listwise: run dir of the retriever whose top-K is reranked
-    candidates: int = 100  # listwise: K, the retriever's top-K reordered (the rest keep order)
-    train_positions: int = 20  # listwise: last N next-item examples of each train prefix; 0 = all
-    list_size: int = 32  # listwise: candidates per training list (positive + sampled); 0 = all K
+    candidates: Count = 100  # listwise: K, the retriever's top-K reordered (the rest keep order)
+    train_positions: NonNegative = 20  # listwise: last N next-item examples of each train
+    # ^ prefix; 0 = all
+    list_size: NonNegative = 32  # listwise: candidates per training list (positive + sampled);
+    # ^ 0 = all K
     retrieval_features: bool = False  # retrieval score (minus the list's top) and log1p(rank)
-    blend: tuple[float, ...] = (0.0,)  # listwise: weights w tried on valid for the final score
-    # ^ reranker logit + w * (retrieval score - list top); the best valid NDCG@10 picks w
-    recent_popularity_days: int = 0  # listwise: model input log1p(the candidate's train
+    blend: Annotated[tuple[float, ...], MinLen(1)] = (0.0,)  # listwise: weights w tried on
+    # ^ valid for the final score reranker logit + w * (retrieval score - list top); the best
+    # ^ valid NDCG@10 picks w
+    recent_popularity_days: NonNegative = 0  # listwise: model input log1p(the candidate's train
     # ^ interactions, all users, in the N days before the example's time); 0 = off
 
 
@@ -153,22 +186,24 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 42  # seeds weights, shuffling and dropout
-    epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 128  # history windows (max_len + 1 items each) per optimizer step
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    eval_every: int = 1  # validate every N epochs
-    patience: int = 10  # validations without a better valid NDCG@10 before stopping
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    epochs: Count = 200  # upper bound; early stopping usually ends sooner
+    batch_size: Count = 128  # history windows (max_len + 1 items each) per optimizer step
+    lr: Positive = 1e-3  # AdamW learning rate
+    weight_decay: Annotated[float, Ge(0)] = 0.0  # AdamW weight decay
+    eval_every: Count = 1  # validate every N epochs
+    patience: Count = 10  # validations without a better valid NDCG@10 before stopping
+    threads: NonNegative = 0  # torch intra-op threads; 0 keeps torch's default
     runs_dir: str = "runs"  # run directories live here
     keep_freed_memory: bool = False  # faster CPU epochs for more peak RSS (recsys/memory.py)
+    on_nan: Literal["stop", "skip_step"] = "stop"  # a non-finite loss: stop the run with an
+    # ^ error, or skip that optimizer step (an epoch with no finite step still stops)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     exclude_seen: bool = True  # drop the user's prefix items from the ranking
-    ks: tuple[int, ...] = (10, 20, 50)  # cut-offs for Recall@k / NDCG@k
-    chunk_users: int = 1024  # users scored at once; bounds memory to chunk x items
+    ks: Annotated[tuple[Count, ...], MinLen(1)] = (10, 20, 50)  # cut-offs for Recall@k / NDCG@k
+    chunk_users: Count = 1024  # users scored at once; bounds memory to chunk x items
 
 
 @dataclass(frozen=True)
@@ -180,16 +215,16 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    k: int = 100  # candidates kept per user (recsys export --what candidates)
-    part_users: int = 20_000  # users per parquet part: the unit of resume and of torchrun shards;
+    k: Count = 100  # candidates kept per user (recsys export --what candidates)
+    part_users: Count = 20_000  # users per parquet part: the unit of resume and of torchrun shards;
     # an IVF search orders a part's users by inverted list, so larger parts search faster
-    batch_users: int = 1024  # users whose vectors are computed at once
-    search_users: int = 10_000  # users a search worker takes at once (an IVF,Flat scan shares
+    batch_users: Count = 1024  # users whose vectors are computed at once
+    search_users: Count = 10_000  # users a search worker takes at once (an IVF,Flat scan shares
     # each list's matrix product among them: recsys/ivf_scan.py)
     index: str = "Flat"  # faiss index_factory spec over the item vectors (Flat, IVF256,Flat ...)
     metric: Literal["ip", "cosine"] = "ip"  # candidate score: inner product or cosine
-    nprobe: int | None = None  # IVF lists searched per query; None = faiss default
-    ef_search: int | None = None  # HNSW search breadth; None = faiss default
+    nprobe: Count | None = None  # IVF lists searched per query; None = faiss default
+    ef_search: Count | None = None  # HNSW search breadth; None = faiss default
     allow_items: str | None = None  # text file of raw item ids, one a line: only these offered
     deny_items: str | None = None  # text file of raw item ids, one a line: never offered
     out: str | None = None  # candidates dir; None = <run dir>/candidates
@@ -207,15 +242,33 @@ class Config:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML experiment file, apply `a.b=value` overrides, and build a frozen Config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(path, "config file") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
     return config_from_dict(raw)
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML document in `path`; a missing file or bad syntax is one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: the parser's problem and where (1-based line and column)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{problem}{where}"
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -239,13 +292,17 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(text)
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: invalid YAML value: {_yaml_problem(err)}") \
+            from None
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
@@ -253,13 +310,24 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         raise ConfigError(f"unknown config key '{key}' (allowed here: {', '.join(sorted(names))})")
     values = {}
     for name, value in raw.items():
-        key = f"{where}.{name}" if where else name
-        values[name] = _coerce(hints[name], value, key)
-    return cls(**values)
+        values[name] = _coerce(hints[name], value, _dotted(where, name))
+    try:
+        return cls(**values)
+    except _Invalid as err:
+        raise ConfigError(f"config key '{_dotted(where, err.key)}': {err}") from None
+
+
+def _dotted(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *constraints = typing.get_args(hint)
+        value = _coerce(base, value, key)
+        _check_range(value, constraints, key)
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value or {}, key)
     if origin in (typing.Union, types.UnionType):
@@ -297,6 +365,25 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
         raise ConfigError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
     return value
+
+
+_COMPARE = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
+            "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
+
+
+def _check_range(value: Any, constraints: list, key: str) -> None:
+    """Raise ConfigError naming `key` unless `value` meets every annotated-types constraint."""
+    for constraint in constraints:
+        parts = constraint if isinstance(constraint, Interval) else (constraint,)
+        for part in parts:
+            if isinstance(part, MinLen) and len(value) < part.min_length:
+                raise ConfigError(f"config key '{key}': needs at least {part.min_length} "
+                                  f"value(s), got {list(value)}")
+            for name, (holds, sign) in _COMPARE.items():
+                bound = getattr(part, name, None)
+                if bound is not None and not holds(value, bound):
+                    raise ConfigError(f"config key '{key}': {value!r} is out of range "
+                                      f"(must be {sign} {bound})")
 
 
 def _plain(value: Any) -> Any:

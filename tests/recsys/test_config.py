@@ -71,3 +71,47 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(path, ["train.lr"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.batch_size=0", "train.batch_size"), ("train.eval_every=0", "train.eval_every"),
+    ("train.epochs=0", "train.epochs"), ("train.epochs=-3", "train.epochs"),
+    ("train.threads=-1", "train.threads"), ("train.lr=0", "train.lr"),
+    ("train.lr=.nan", "train.lr"), ("train.weight_decay=-0.1", "train.weight_decay"),
+    ("eval.ks=[0]", r"eval.ks\[0\]"), ("eval.ks=[10, -5]", r"eval.ks\[1\]"),
+    ("eval.ks=[]", "eval.ks"), ("eval.chunk_users=0", "eval.chunk_users"),
+    ("model.sasrec.max_len=0", "model.sasrec.max_len"),
+    ("model.sasrec.dropout=1.5", "model.sasrec.dropout"),
+    ("model.two_tower.temperature=0", "model.two_tower.temperature"),
+    ("model.reranker.dense_hidden=[64, 0]", r"model.reranker.dense_hidden\[1\]"),
+    ("data.cold_items=1", "data.cold_items"), ("export.k=0", "export.k"),
+    ("export.nprobe=0", "export.nprobe"), ("export.part_users=-1", "export.part_users"),
+])
+def test_a_value_out_of_range_is_an_error_naming_the_key(tmp_path, override, key):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n")
+    with pytest.raises(ConfigError, match=rf"config key '{key}': .*(range|at least)"):
+        load_config(path, [override])
+
+
+def test_rules_across_keys_name_the_key_to_change():
+    with pytest.raises(ConfigError, match=r"'model\.sasrec\.heads': 3 heads do not divide dim 64"):
+        config_from_dict({"model": {"sasrec": {"dim": 64, "heads": 3}}})
+    with pytest.raises(ConfigError, match=r"'data\.ctr\.valid_from': 0\.95 must be below"):
+        config_from_dict({"data": {"ctr": {"valid_from": 0.95}}})
+    with pytest.raises(ConfigError, match=r"'data\.ctr\.negative_max'"):
+        config_from_dict({"data": {"ctr": {"positive_min": 3, "negative_max": 3}}})
+    assert config_from_dict({"model": {"sasrec": {"dim": 64, "heads": 4}}}).model.sasrec.heads == 4
+
+
+def test_yaml_syntax_errors_name_the_file_or_override_and_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=rf"{path}: invalid YAML: .* at line \d+, column \d+"):
+        load_config(path)
+    path.write_text("train:\n  lr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"override 'train\.lr=\[1': invalid YAML value"):
+        load_config(path, ["train.lr=[1"])
+    path.write_bytes(b"train:\n  lr: \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
