@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recsys.config import Config, config_to_dict
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is damaged, diverged or does not fit the model it should load into."""
 
 
 def save_checkpoint(
@@ -39,16 +44,19 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The JSON part of a checkpoint (state, optimizer hyper-parameters, config)."""
-    path = _existing(path)
-    return json.loads((path / "state.json").read_text())
+    file = _existing(path) / "state.json"
+    try:
+        return json.loads(file.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: damaged checkpoint state ({err})") from None
 
 
 def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Load weights, optimizer and RNG state in place; returns the training state dict."""
     path = _existing(path)
-    doc = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    tensors = load_file(path / "optimizer.safetensors")
+    doc = read_checkpoint(path)
+    load_weights(path, model)
+    tensors = _read_tensors(path / "optimizer.safetensors")
     torch.set_rng_state(tensors.pop("rng.torch"))
     if optimizer is not None:
         optimizer.load_state_dict(_join_optimizer(tensors, doc["optimizer"]))
@@ -56,8 +64,27 @@ def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 
 def load_weights(path: Path, model: nn.Module) -> None:
-    """Load only the model weights of a checkpoint into `model`."""
-    model.load_state_dict(load_file(_existing(path) / "model.safetensors"))
+    """Load only the model weights of a checkpoint into `model`; refuse damaged or diverged
+    (NaN / inf) weights and weights of another shape, naming the file."""
+    file = _existing(path) / "model.safetensors"
+    try:
+        model.load_state_dict(_read_tensors(file))
+    except RuntimeError as err:  # missing / unexpected keys, size mismatches
+        raise CheckpointError(f"{file}: the weights do not fit the model its config builds "
+                              f"({' '.join(str(err).split())[:300]})") from None
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file, all finite (a diverged run must not score)."""
+    try:
+        tensors = load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: damaged checkpoint file ({err})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{file}: tensor '{name}' holds NaN or infinite values "
+                                  "(a diverged run); refusing to load it")
+    return tensors
 
 
 def _split_optimizer(optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict]:

@@ -6,9 +6,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
-
-import yaml
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,15 +13,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return args.func(args) or 0
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, FloatingPointError) as err:  # a diverged run too
         print(f"recsys {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 
 def _prepare(args) -> None:
+    from recsys.config import read_yaml
     from recsys.data import prepare
 
-    mapping = yaml.safe_load(Path(args.mapping).read_text()) if args.mapping else None
+    mapping = read_yaml(args.mapping, "mapping file") if args.mapping else None
     info = prepare(args.source, args.path, args.out, mapping)
     print(json.dumps(info, indent=2, default=str))
 
@@ -33,6 +31,9 @@ def _train(args) -> None:
     from recsys import fit, load_config
     from recsys.report import table
 
+    if args.resume and args.set:
+        raise ValueError("--set does not apply to --resume: a resumed run keeps the config in "
+                         "its run dir (start a new run to change settings)")
     config = None if args.resume else load_config(args.config, args.set)
     result = fit(config, resume=args.resume)
     test = result.metrics["test"]
@@ -118,6 +119,12 @@ def _pipeline(args) -> None:
     print(summary(config, run_pipeline(config, rerank)))
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="embedding store root (follows CURRENT) or "
                                                   "one version dir")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535")
     p.add_argument("--candidates", metavar="DIR", help="exported candidates dir for "
                                                        "GET /candidates/{user_id}")
     p.add_argument("--refresh-seconds", type=float, metavar="N",

@@ -37,8 +37,7 @@ def rank_targets(
         longest = max(map(len, histories), default=1)
         inputs = torch.as_tensor(pad_left(histories, longest))  # models read what they need
         users = torch.as_tensor(chunk)
-        scores = model.score(inputs, users).float().clone()  # (chunk, n_items + 1)
-        scores[:, 0] = float("-inf")
+        scores = rankable(model.score(inputs, users))  # (chunk, n_items + 1)
         ranks_all.append(rank_of(scores, target))
         if config.exclude_seen:
             mask_seen(scores, histories, target)
@@ -77,17 +76,32 @@ def evaluate(model: nn.Module, split: Split, which: str, config: EvalConfig) -> 
     return ranking_metrics(rank_targets(model, split, which, config), split, which, config)
 
 
+UNRANKED = torch.iinfo(torch.int64).max  # the rank of a target the model could not score
+
+
 def _concat(parts: list[torch.Tensor]) -> np.ndarray:
     return torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)
 
 
+def rankable(scores: torch.Tensor) -> torch.Tensor:
+    """A float copy of model scores (B, n_items + 1) fit for ranking: the padding column and every
+    non-finite score (a diverged model's NaN or inf) set to -inf, so that they rank last."""
+    scores = scores.float()
+    scores = torch.where(torch.isfinite(scores), scores, float("-inf"))  # a new tensor
+    scores[:, 0] = float("-inf")
+    return scores
+
+
 def rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B,) 0-based position of each row's `target` column (B,) in `scores` (B, n) sorted
-    descending; ties go to the lower column, as a stable sort would."""
+    descending; ties go to the lower column, as a stable sort would. A target whose score is not
+    finite is never a hit, whatever the cut-off: its rank is UNRANKED (every comparison with NaN
+    is false, so it would otherwise rank first).
+    """
     target_score = scores.gather(1, target[:, None])  # (chunk, 1)
     items = torch.arange(scores.shape[1])[None, :]
     ahead = (scores > target_score) | ((scores == target_score) & (items < target[:, None]))
-    return ahead.sum(dim=1)
+    return torch.where(torch.isfinite(target_score[:, 0]), ahead.sum(dim=1), UNRANKED)
 
 
 def mask_seen(scores: torch.Tensor, histories: list[np.ndarray], target: torch.Tensor) -> None:

@@ -32,7 +32,7 @@ from features.ids import PAD
 from features.sequences import pad_left
 from recsys.config import RerankerConfig
 from recsys.data.split import Split
-from recsys.evaluate import mask_seen, rank_of
+from recsys.evaluate import mask_seen, rank_of, rankable
 from recsys.models.reranker import N_RETRIEVAL
 
 DAY = 86_400  # seconds: the canonical schema's timestamps are integer seconds
@@ -80,9 +80,7 @@ def retrieve_lists(retriever: nn.Module, histories: list[np.ndarray], users: np.
         rows = torch.as_tensor(users[start : start + len(chunk)])
         target = torch.as_tensor(targets[start : start + len(chunk)])
         longest = max(map(len, chunk), default=1)
-        scores = retriever.score(torch.as_tensor(pad_left(chunk, longest)), rows)
-        scores = scores.float().clone()  # (B, n_items + 1)
-        scores[:, PAD] = float("-inf")
+        scores = rankable(retriever.score(torch.as_tensor(pad_left(chunk, longest)), rows))
         if exclude_seen:
             mask_seen(scores, chunk, target)
         parts.append(_top_k(scores, target, k))

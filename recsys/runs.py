@@ -133,10 +133,23 @@ def run_artifacts(config: Config, model: nn.Module, split: Split | CtrSplit,
     return []
 
 
+def check_dataset(recorded: str | None, dataset: Dataset, run: Path) -> None:
+    """Refuse a run whose dataset changed since it was trained (re-prepared from edited raw
+    files, or replaced): its users, items and histories would silently be other ones."""
+    current = dataset.info.get("sha256")
+    if recorded is not None and recorded != current:
+        raise ValueError(f"{run} was trained on the dataset in {dataset.path} with content "
+                         f"sha256 {recorded}, which now holds {current}: the dataset changed "
+                         "under the run; train again, or restore the data it was trained on")
+
+
 def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split | CtrSplit]:
-    """Rebuild a checkpoint's model (in eval mode) with the data it was trained on."""
-    config = config_from_dict(read_checkpoint(Path(checkpoint))["config"])
+    """Rebuild a checkpoint's model (in eval mode) with the data it was trained on; refuse if
+    that data changed since."""
+    doc = read_checkpoint(Path(checkpoint))
+    config = config_from_dict(doc["config"])
     dataset, split = load_data(config)
+    check_dataset(doc["state"].get("dataset_sha256"), dataset, Path(checkpoint).parents[1])
     with torch.random.fork_rng():  # the caller's random stream stays its own
         torch.manual_seed(config.train.seed)  # weights are overwritten; init stays repeatable
         model = new_model(config, dataset, split)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from recsys.config import TrackingConfig
 
@@ -28,13 +29,23 @@ def tracking_uri(config: TrackingConfig) -> str:
     return explicit or f"sqlite:///{Path('mlruns.db').resolve()}"
 
 
+class TrackingError(ValueError):
+    """The tracking store cannot be reached or used, or has no such run."""
+
+
 def start_run(config: TrackingConfig, run_id: str | None = None, name: str | None = None):
-    """Open a new MLflow run (or reopen `run_id` to resume); use as a context manager."""
-    mlflow.set_tracking_uri(tracking_uri(config))
-    if run_id is not None:
-        return mlflow.start_run(run_id=run_id)
-    mlflow.set_experiment(config.experiment)
-    return mlflow.start_run(run_name=name)
+    """Open a new MLflow run (or reopen `run_id` to resume); use as a context manager. An
+    exception inside marks the run FAILED; a store that cannot be used is a TrackingError."""
+    uri = tracking_uri(config)
+    try:
+        mlflow.set_tracking_uri(uri)
+        if run_id is not None:
+            return mlflow.start_run(run_id=run_id)
+        mlflow.set_experiment(config.experiment)
+        return mlflow.start_run(run_name=name)
+    except MlflowException as err:
+        problem = " ".join(str(err).split())[:300]
+        raise TrackingError(f"MLflow tracking store {uri!r}: {problem}") from None
 
 
 def log_params(params: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ continues a killed run and ends exactly where an uninterrupted run would.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,20 @@ from tqdm import tqdm
 
 from recsys import tracking
 from recsys.atomic import write_json, write_text
-from recsys.checkpoint import has_checkpoint, load_weights, restore_training, save_checkpoint
-from recsys.config import Config, config_from_dict, config_to_dict
+from recsys.checkpoint import (
+    has_checkpoint,
+    load_weights,
+    read_checkpoint,
+    restore_training,
+    save_checkpoint,
+)
+from recsys.config import Config, config_from_dict, config_to_dict, read_yaml
 from recsys.data.ctr import CtrSplit
 from recsys.data.split import Split
 from recsys.memory import keep_freed_memory
 from recsys.plots import training_curve
 from recsys.runs import (
+    check_dataset,
     evaluate_model,
     load_data,
     new_model,
@@ -36,6 +44,10 @@ from recsys.runs import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +64,10 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     for retrieval models, AUC for the reranker.
 
     With `resume` (a run dir) the run's own config and last checkpoint are used instead.
+    A non-finite loss stops the run with `Diverged` (or skips the step: `train.on_nan`).
     """
     if resume is not None:
-        config = config_from_dict(yaml.safe_load((Path(resume) / "config.yaml").read_text()))
+        config = config_from_dict(read_yaml(Path(resume) / "config.yaml", "run config"))
     cfg = config.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -69,14 +82,16 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
                  if trainable else None)
     state = {"epoch": 0, "step": 0, "best_valid": -float("inf"), "best_epoch": 0,
              "bad_evals": 0, "selection": selection_metric(config), "history": [],
-             "n_items": split.n_items, "done": False}
+             "n_items": split.n_items, "done": False,
+             "dataset_sha256": dataset.info.get("sha256")}
 
-    run_id = Path(resume).name if resume is not None else None
+    run_id = _resumable(Path(resume), dataset) if resume is not None else None
     name = config.tracking.run_name or config.model.name
     with tracking.start_run(config.tracking, run_id=run_id, name=name) as run:
         if resume is None:
             run_dir = _new_run_dir(config, run.info.run_id)
             tracking.log_params(config_to_dict(config))
+            tracking.log_params({"dataset_sha256": state["dataset_sha256"]})
             tracking.log_file(run_dir / "config.yaml")
         else:
             run_dir = Path(resume)
@@ -86,10 +101,26 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
                     state["best_valid"] = state.pop("best_ndcg")
                     state["selection"] = "ndcg@10"
                 log.info("resumed %s at epoch %d", run_dir, state["epoch"])
+        state["run_id"] = run.info.run_id
         if optimizer is not None and not state["done"]:
             task = training_task(config, dataset, split, model)
             state = _train_epochs(model, optimizer, task, split, config, run_dir, state)
         return _finish(model, split, config, run_dir, state)
+
+
+def _resumable(run_dir: Path, dataset) -> str:
+    """The MLflow run id of `run_dir`, once its checkpoint shows the dir is the run's own (not a
+    copy or a renamed dir) and its dataset is the one it was trained on."""
+    last = run_dir / "checkpoint" / "last"
+    if not has_checkpoint(last):
+        return run_dir.name  # killed before its first epoch ended: the dir name is all there is
+    state = read_checkpoint(last)["state"]
+    recorded = state.get("run_id", run_dir.name)  # older checkpoints did not record it
+    if recorded != run_dir.name:
+        raise ValueError(f"{run_dir}: this run dir holds run {recorded} (a copied or renamed run "
+                         f"dir?); resume it under its own name, runs/{recorded}")
+    check_dataset(state.get("dataset_sha256"), dataset, run_dir)
+    return recorded
 
 
 def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Config,
@@ -100,8 +131,10 @@ def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Confi
                   desc="train", unit="epoch", disable=None)
     for epoch in epochs:
         started = time.perf_counter()
-        loss = _one_epoch(model, optimizer, task, epoch)
+        loss, skipped = _one_epoch(model, optimizer, task, epoch, state["step"], cfg.on_nan)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
+        if skipped:
+            record["skipped_steps"] = skipped
         state["step"] += len(task)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             valid = evaluate_model(config, model, split, "valid")
@@ -124,20 +157,34 @@ def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Confi
     return state
 
 
-def _one_epoch(model: nn.Module, optimizer, task, epoch: int) -> float:
-    """One pass over the task's batches (in random order); returns the mean batch loss."""
+def _one_epoch(model: nn.Module, optimizer, task, epoch: int, step: int,
+               on_nan: str) -> tuple[float, int]:
+    """One pass over the task's batches (in random order) after `step` earlier steps; returns
+    the mean finite batch loss and the number of steps skipped for a non-finite loss."""
     model.train()
-    total = 0.0
+    total, skipped = 0.0, 0
     bar = tqdm(task.batches(), total=len(task), desc=f"epoch {epoch + 1}", leave=False,
                disable=None)
-    for batch in bar:
+    for i, batch in enumerate(bar):
         loss = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        if not math.isfinite(value):
+            where = f"epoch {epoch + 1}, step {step + i + 1} (batch {i + 1} of {len(task)})"
+            if on_nan == "stop":
+                raise Diverged(f"training loss is {value} at {where}: the run diverged "
+                               "(lower train.lr, or set train.on_nan=skip_step)")
+            log.warning("training loss is %s at %s: step skipped", value, where)
+            skipped += 1
+            continue
         loss.backward()
         optimizer.step()
-        total += loss.item()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    return total / max(len(task), 1)
+        total += value
+        bar.set_postfix(loss=f"{value:.4f}")
+    if skipped and skipped == len(task):
+        raise Diverged(f"training loss was not finite at any step of epoch {epoch + 1}: "
+                       "the run diverged (lower train.lr)")
+    return total / max(len(task) - skipped, 1), skipped
 
 
 def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,

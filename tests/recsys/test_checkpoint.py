@@ -68,3 +68,34 @@ def test_a_crash_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path)
     assert has_checkpoint(tmp_path / "last")
     assert read_checkpoint(tmp_path / "last")["state"]["epoch"] == 1
     assert not has_checkpoint(tmp_path / "missing")
+
+
+def test_a_diverged_damaged_or_misfitting_checkpoint_is_refused_naming_the_file(tmp_path):
+    import pytest
+
+    from recsys.checkpoint import CheckpointError
+    from recsys.models import build_model
+
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "ok", model, optimizer, {"epoch": 1}, CONFIG)
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    save_checkpoint(tmp_path / "nan", model, optimizer, {"epoch": 1}, CONFIG)
+    with pytest.raises(CheckpointError, match=r"nan/model\.safetensors.*NaN or infinite"):
+        load_weights(tmp_path / "nan", model)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        restore_training(tmp_path / "nan", model, optimizer)
+
+    weights = tmp_path / "ok" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match=r"ok/model\.safetensors: damaged checkpoint"):
+        load_weights(tmp_path / "ok", model)
+    (tmp_path / "ok" / "state.json").write_text('{"state": ')
+    with pytest.raises(CheckpointError, match=r"state\.json: damaged checkpoint state"):
+        read_checkpoint(tmp_path / "ok")
+
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "small", model, optimizer, {"epoch": 1}, CONFIG)
+    other = build_model(CONFIG.model, 30)  # a catalogue of another size
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        load_weights(tmp_path / "small", other)

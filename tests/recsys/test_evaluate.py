@@ -68,3 +68,25 @@ def test_head_items_are_the_most_trained_fifth_and_tail_recall_uses_the_rest():
     metrics = evaluate(FixedScores([0.0, 5.0, 4.0, 3.0, 2.0, 1.0]), split, "test", EvalConfig())
     # train counts a=1, b=2, d=1 -> head (1 of 5 items) = b; both targets (d, e) are tail
     assert metrics["tail_users"] == 2 and metrics["tail_recall@10"] == pytest.approx(1.0)
+
+
+def test_a_target_with_a_non_finite_score_ranks_last_not_first():
+    from recsys.evaluate import UNRANKED, rank_of
+
+    scores = torch.tensor([[float("-inf"), 0.3, float("nan"), 0.1],
+                           [float("-inf"), 0.3, float("inf"), 0.1],
+                           [float("-inf"), 0.3, float("nan"), 0.1]])
+    ranks = rank_of(scores, torch.tensor([2, 2, 3]))
+    assert ranks.tolist() == [UNRANKED, UNRANKED, 1]  # never a hit; a NaN item is never ahead
+
+
+def test_a_diverged_model_scores_nothing():
+    split = _split()
+    nan = float("nan")
+    metrics = evaluate(FixedScores([nan] * 6), split, "test", EvalConfig(ks=(10,)))
+    assert metrics["recall@10"] == metrics["ndcg@10"] == metrics["recall@10_all"] == 0.0
+    # some items NaN, the rest finite: the NaN ones rank behind every finite item
+    ranked = rank_targets(FixedScores([0.0, nan, 0.2, 0.3, 0.4, 0.5]), split, "test",
+                          EvalConfig(exclude_seen=False))
+    assert ranked["ranks"].tolist() == [1, 0]  # d (0.4) behind e; e (0.5) first
+    assert 1 not in ranked["top10"][:, :4]  # the NaN item a is never offered ahead of scored ones

@@ -20,6 +20,7 @@ import torch
 from features.ids import IdMap
 from recsys.config import RerankerConfig, config_from_dict, config_to_dict
 from recsys.data.split import Split
+from recsys.evaluate import UNRANKED
 from recsys.export import full_histories
 from recsys.losses import listwise_softmax
 from recsys.rerank_eval import paired_stderr, rerank_ranks
@@ -225,4 +226,6 @@ def test_top_k_is_a_stable_sort_cut_to_k(seed):
     want_values, want_order = torch.sort(scores, dim=1, descending=True, stable=True)
     assert torch.equal(items, want_order[:, :20])
     assert torch.equal(values, want_values[:, :20])
-    assert torch.equal(rank, (want_order == target[:, None]).int().argmax(dim=1))
+    sorted_rank = (want_order == target[:, None]).int().argmax(dim=1)
+    scored = torch.isfinite(scores.gather(1, target[:, None]))[:, 0]  # a -inf target is no hit
+    assert torch.equal(rank, torch.where(scored, sorted_rank, UNRANKED))
