@@ -6,7 +6,10 @@ the whole known history, drops the items the user already had, and keeps the bes
 cut into fixed parts of `export.part_users`; each part is one `part-NNNNN.parquet`
 (user_id, rank, item_id, score, stage), written to a temp file and renamed. `_job.json` (what is
 being exported) comes first, `_manifest.json` (parts, rows, sha256) last. Rerunning the same job
-skips the parts already there, so a killed export ends byte-identical to an uninterrupted one.
+skips the parts already there, so a killed export ends byte-identical to an uninterrupted one;
+rerunning a finished one checks every part against the manifest's sha256 and writes again those
+damaged or deleted since. The dir is held against other exports while written, and claimed only
+once the index is built (a bad index spec claims nothing): `recsys.export_dir`.
 Under torchrun, rank r writes the parts i with i % world == r and rank 0 writes the manifest.
 The work on vectors (search, drop the seen, keep K) lives in `recsys.candidate_search`.
 """
@@ -20,46 +23,40 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from features.ids import PAD, IdMap
 from recsys import index as ann
-from recsys.atomic import atomic_path, write_json
+from recsys.atomic import write_json
 from recsys.candidate_search import Catalogue, SearchedPart, build_catalogue, search_part
 from recsys.config import ExportConfig, apply_override, config_from_dict, config_to_dict
 from recsys.data.split import Split
 from recsys.distributed import Worker, barrier, process_group, share
 from recsys.export import batch_user_vectors, full_histories
+from recsys.export_dir import (
+    MANIFEST_FILE,
+    PartWriter,
+    check_dir,
+    claim_dir,
+    hold_dir,
+    part_done,
+    part_entry,
+)
 from recsys.runs import load_run
 from serving.store import file_sha256
 
 log = logging.getLogger(__name__)
 
-JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"
 PART_DELAY_ENV = "RECSYS_EXPORT_PART_DELAY"  # test-only: seconds to sleep after each part
-# Dictionary-encode user_id, rank and stage (few distinct values a part), and item_id where it
-# comes as a dictionary array (candidate_search._rows picks it where a part names few distinct
-# items): dictionary arrays are written as they are, however large (hence the page limit),
-# instead of found by hashing every row. Compress only item_id: scores and codes hardly
-# compress. Min/max statistics for user_id only (a reader looking for a user can skip parts by
-# them). The arrow schema is not stored: dictionary arrays read back as SCHEMA's plain types.
-DICTIONARY_COLUMNS = ("user_id", "rank", "stage")
-PARQUET_OPTIONS = {
-    "dictionary_pagesize_limit": 1 << 30,
-    "compression": {"user_id": "none", "rank": "none", "item_id": "snappy", "score": "none",
-                    "stage": "none"},
-    "write_statistics": ["user_id"],
-}
 
 
 def export_candidates(
@@ -82,17 +79,17 @@ def export_candidates(
     items = offered_items(split.items, cfg)  # (m,) item indices the index holds
     job = job_doc(run_dir, cfg, split, rows, items)
     parts = [(s, min(s + cfg.part_users, len(rows))) for s in range(0, len(rows), cfg.part_users)]
-    with process_group() as worker:
-        # rank 0 checks and claims the dir; the others wait for its answer, so no part is
-        # written before the claim and every rank stops with rank 0's reason
-        state = share(_claim(out, job) if worker.is_main else None)
-        if isinstance(state, Exception):
-            raise state
-        if state == "complete":
+    with process_group() as worker, ExitStack() as held:
+        # rank 0 holds and checks the dir, and claims it once the index is built; the others
+        # wait for its answers, so no part is written before the claim, and every rank stops
+        # with rank 0's reason
+        if _on_main(worker, _hold_and_check, held, out, job) == "complete":
             return {"status": "already complete: nothing to do", "out": str(out),
                     **_totals(json.loads((out / MANIFEST_FILE).read_text()))}
         model = model.to(worker.device)
-        summary = _write_parts(model, split, rows, items, cfg, out, job, parts, worker)
+        catalogue = _catalogue(model, items, cfg)  # a bad index spec fails here, unclaimed
+        _on_main(worker, claim_dir, out, job)
+        summary = _write_parts(model, split, rows, catalogue, cfg, out, job, parts, worker)
         barrier()  # every part is in place
         summary["status"] = "parts written; rank 0 writes the manifest"
         if worker.is_main:
@@ -115,11 +112,7 @@ def resolve_settings(base: ExportConfig, overrides: Sequence[str],
             raise ValueError(f"override {item!r}: an export takes export.* keys only")
         apply_override(raw, item)
     raw["export"].update({key: v for key, v in settings.items() if v is not None})
-    cfg = config_from_dict(raw).export
-    for key in ("k", "part_users", "batch_users", "search_users"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"config key 'export.{key}' must be >= 1, got {getattr(cfg, key)}")
-    return cfg
+    return config_from_dict(raw).export  # checks each key's type and range
 
 
 def user_rows(users: IdMap, wanted: Sequence[str] | None) -> np.ndarray:
@@ -148,7 +141,11 @@ def offered_items(items: IdMap, cfg: ExportConfig) -> np.ndarray:
     for path, allow in ((cfg.allow_items, True), (cfg.deny_items, False)):
         if path is None:
             continue
-        ids = read_id_list(path)
+        key = "export.allow_items" if allow else "export.deny_items"
+        try:
+            ids = read_id_list(path)
+        except OSError as err:
+            raise ValueError(f"{key}: cannot read {path} ({err.strerror or err})") from err
         if allow and not ids:
             raise ValueError(f"allow list {path} is empty: no item could be offered")
         index = items.index(ids, missing="pad")
@@ -182,41 +179,37 @@ def job_doc(run_dir: Path, cfg: ExportConfig, split: Split, rows: np.ndarray,
     return {"job": digest, **identity, "paths": paths}
 
 
-def _claim(out: Path, job: dict[str, Any]) -> str | Exception:
-    """Rank 0: check `out` belongs to this job (else an error, nothing touched) and claim it.
-
-    Returns "complete" when a manifest of this job lists parts that are all there, else "todo".
-    """
-    try:
-        docs = {name: _read_json(out / name) for name in (JOB_FILE, MANIFEST_FILE)}
-        for name, doc in docs.items():
-            if doc is not None and doc.get("job") != job["job"]:
-                raise ValueError(f"{out} holds another export ({name} differs in "
-                                 f"{_differences(doc, job)}); nothing was changed: "
-                                 "use another --out or remove that dir")
-        if docs == {JOB_FILE: None, MANIFEST_FILE: None} and out.is_dir() and any(out.iterdir()):
-            raise ValueError(f"{out} is not empty and holds no {JOB_FILE}: not a candidates "
-                             "export; nothing was changed")
-    except ValueError as err:
-        return err
-    manifest = docs[MANIFEST_FILE]
-    if manifest is not None and all((out / p["file"]).is_file() for p in manifest["parts"]):
-        return "complete"
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".part-*.tmp.parquet"):  # left by a killed writer
-        stale.unlink()
-    if docs[JOB_FILE] is None:
-        write_json(out / JOB_FILE, job)
-    return "todo"
+def _on_main(worker: Worker, step: Callable[..., Any], *args: Any) -> Any:
+    """`step(*args)` on rank 0 only; every rank gets its result, or raises its error (so no
+    rank waits forever for an answer rank 0 will not give)."""
+    result = None
+    if worker.is_main:
+        try:
+            result = step(*args)
+        except (ValueError, OSError) as err:
+            result = err
+    result = share(result)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
-def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, items: np.ndarray,
+def _hold_and_check(held: ExitStack, out: Path, job: dict[str, Any]) -> str:
+    held.enter_context(hold_dir(out))
+    return check_dir(out, job)
+
+
+def _catalogue(model: nn.Module, items: np.ndarray, cfg: ExportConfig) -> Catalogue:
+    """The offered `items` (m,) of the model's item vectors, indexed as `cfg` says."""
+    with torch.inference_mode():
+        vectors = model.item_vectors()[1:].float().cpu().numpy()  # (n_items, dim)
+    return build_catalogue(vectors, items, cfg)
+
+
+def _write_parts(model: nn.Module, split: Split, rows: np.ndarray, catalogue: Catalogue,
                  cfg: ExportConfig, out: Path, job: dict[str, Any],
                  parts: list[tuple[int, int]], worker: Worker) -> dict[str, Any]:
     """Write this rank's missing parts; return what it did."""
-    with torch.inference_mode():
-        vectors = model.item_vectors()[1:].float().cpu().numpy()  # (n_items, dim)
-    catalogue = build_catalogue(vectors, items, cfg)
     histories = full_histories(split)
     item_ids = pa.array(split.items.ids, pa.string())  # (n_items,) converted once, taken per row
     mine = [i for i in range(len(parts)) if i % worker.world == worker.rank]
@@ -259,72 +252,6 @@ def _search_part(model: nn.Module, split: Split, histories: list[np.ndarray], pa
     return search_part(batches(), catalogue, cfg, bar)
 
 
-def write_part(path: Path, table: pa.Table, job: str) -> None:
-    """Write one part atomically; a failed write leaves no file and says how to go on."""
-    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
-    dictionaries = [f.name for f in table.schema
-                    if f.name in DICTIONARY_COLUMNS or pa.types.is_dictionary(f.type)]
-    try:
-        with atomic_path(path) as tmp, pq.ParquetWriter(
-                tmp, table.schema, store_schema=False, use_dictionary=dictionaries,
-                **PARQUET_OPTIONS) as writer:
-            writer.write_table(table)
-            writer.add_key_value_metadata({**meta, "recsys.job": job})
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); no part of it "
-                      "was kept and no manifest written: free space and rerun the same command "
-                      "to resume") from err
-
-
-class PartWriter:
-    """`write_part` on a thread of its own, one part at a time: part i is written while the
-    caller searches part i + 1 (a write is single-threaded, and would leave a core idle).
-
-    `write` waits for the previous part's write first, so at most two parts are in memory; a
-    failed write raises at the next `write` or on leaving the block, which waits for the last.
-    Given a function instead of a table, the thread also makes the table by calling it.
-    """
-
-    def __init__(self, job: str):
-        self.job = job
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="part-writer")
-        self._pending: Future | None = None
-
-    def write(self, path: Path, table: pa.Table | Callable[[], pa.Table]) -> None:
-        self._wait()
-        self._pending = self._thread.submit(self._write, path, table)
-
-    def _write(self, path: Path, table: pa.Table | Callable[[], pa.Table]) -> None:
-        write_part(path, table if isinstance(table, pa.Table) else table(), self.job)
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def __enter__(self) -> PartWriter:
-        return self
-
-    def __exit__(self, error_type: type | None, *_: Any) -> None:
-        try:
-            if error_type is None:
-                self._wait()
-        finally:  # on an error, too, the write under way ends (whole or not at all)
-            self._thread.shutdown(wait=True)
-
-
-def part_done(path: Path, job: str) -> bool:
-    """Whether `path` is a readable part of this job (a damaged one is written again)."""
-    if not path.is_file():
-        return False
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowException) as err:
-        log.warning("%s is unreadable (%s): writing it again", path, err)
-        return False
-    return meta.get(b"recsys.job") == job.encode()
-
-
 def write_manifest(out: Path, job: dict[str, Any], cfg: ExportConfig,
                    parts: list[tuple[int, int]]) -> dict[str, Any]:
     """Rank 0, after every part is written: `_manifest.json` with per-part rows and sha256."""
@@ -342,37 +269,11 @@ def write_manifest(out: Path, job: dict[str, Any], cfg: ExportConfig,
     return doc
 
 
-def part_entry(path: Path, users: int, counted: str) -> dict[str, Any]:
-    """A written part's manifest entry: file, users, rows, the count its metadata keeps as
-    `recsys.<counted>` (e.g. short_users), sha256."""
-    meta = pq.read_metadata(path)
-    return {"file": path.name, "users": users, "rows": meta.num_rows,
-            counted: int(meta.metadata[f"recsys.{counted}".encode()]), "sha256": file_sha256(path)}
-
-
 def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
     """The summary lines a manifest answers; short_users > 0 means a catalogue ran out."""
     return {"run_id": manifest["run_id"], "k": manifest["config"]["k"],
             "users": manifest["users"]["count"], "parts": len(manifest["parts"]),
             "rows": manifest["rows"], "short_users": manifest["short_users"]}
-
-
-def _differences(doc: dict[str, Any], job: dict[str, Any]) -> str:
-    """Which parts of the job identity `doc` (a _job.json or _manifest.json) does not share."""
-    keys = ("run_id", "weights_sha256", "users", "items")
-    diff = [key for key in keys if doc.get(key) != job[key]]
-    theirs = doc.get("settings") or doc.get("config") or {}  # _job.json or _manifest.json
-    diff += [f"export.{key}" for key, v in job["settings"].items() if theirs.get(key) != v]
-    return ", ".join(diff) or "job hash"
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); nothing was changed") from err
 
 
 def _ids_sha256(ids: np.ndarray) -> str:

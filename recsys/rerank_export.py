@@ -12,9 +12,13 @@ popularity at the end of the data (after the last interaction); the best N are k
 `stage` = "rerank" and the final score (reranker logit + the blend weight picked on valid times
 the retrieval score feature).
 **Users the reranker cannot know** (absent from its data) keep their first N retrieval rows
-unchanged, `stage` = "retrieval", and are counted as `unknown_users` in the manifest. Parts are
-written atomically, a rerun skips parts already written for the same job, and `_manifest.json`
-(rows and sha256 per part) comes last. Single process.
+unchanged, `stage` = "retrieval", and are counted as `unknown_users` in the manifest. The output
+dir is held, checked and claimed as the candidates export's (`recsys.export_dir`):
+parts are written atomically, a rerun skips parts already written for the same job and writes
+again those damaged since, and `_manifest.json` (rows and sha256 per part) comes last. A user
+list or settings of the retrieval export get a retrieval dir of their own
+(`candidates-top<K>-<hash>`), so one list's export does not hold the dir another needs.
+Single process.
 """
 
 from __future__ import annotations
@@ -37,9 +41,18 @@ from features.ids import PAD
 from features.sequences import pad_left
 from recsys.atomic import write_json
 from recsys.candidate_search import SCHEMA
-from recsys.candidates import MANIFEST_FILE, export_candidates, part_done, part_entry, write_part
+from recsys.candidates import export_candidates
 from recsys.data.split import Split
 from recsys.export import full_histories
+from recsys.export_dir import (
+    MANIFEST_FILE,
+    check_dir,
+    claim_dir,
+    hold_dir,
+    part_done,
+    part_entry,
+    write_part,
+)
 from recsys.models.reranker import N_RETRIEVAL
 from recsys.rerank_eval import choose_blend
 from recsys.rerank_lists import RerankData, retrieval_inputs
@@ -61,11 +74,13 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
     if not isinstance(data, RerankData):
         raise ValueError(f"{rerank_run} is not a listwise reranker run (model.reranker.task)")
     k = config.model.reranker.candidates
-    n = n or config.export.k
+    n = config.export.k if n is None else n
+    if n < 1:
+        raise ValueError(f"--k must be >= 1, got {n}: the reranked candidates kept per user")
     if n > k:
         raise ValueError(f"keeping {n} per user needs at least that many candidates; the "
                          f"reranker reorders its top {k} (model.reranker.candidates)")
-    source = Path(retrieval_run) / f"candidates-top{k}"
+    source = Path(retrieval_run) / _source_name(k, users, overrides)
     export_candidates(retrieval_run, source, k=k, users=users,
                       overrides=[*overrides, "export.metric=ip"])  # the score it trained on
     manifest = json.loads((source / MANIFEST_FILE).read_text())
@@ -74,24 +89,45 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
            "retrieval_run_id": manifest["run_id"], "k": n, "candidates": k,
            "weights_sha256": file_sha256(rerank_run / "checkpoint" / "best" / "model.safetensors")}
     job["job"] = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
-    out.mkdir(parents=True, exist_ok=True)
-    histories = full_histories(data.split)
-    blend = choose_blend(model, data)  # the weight of the retrieval score, picked on valid
-    started, entries = time.perf_counter(), []
-    for part in manifest["parts"]:
-        path = out / part["file"]
-        if not part_done(path, job["job"]):
-            table = rerank_table(model, data.split, histories, pq.read_table(source / part["file"]),
-                                 n, config.model.reranker.retrieval_features, blend,
-                                 popularity=data.popularity)
-            write_part(path, table, job["job"])
-        entries.append(part_entry(path, part["users"], "unknown_users"))
-    doc = {**job, "config": {"k": n}, "rows": sum(e["rows"] for e in entries),
-           "unknown_users": sum(e["unknown_users"] for e in entries), "parts": entries}
-    write_json(out / MANIFEST_FILE, doc)
-    return {"out": str(out), "retrieval_candidates": str(source), "parts": len(entries),
-            "rows": doc["rows"], "unknown_users": doc["unknown_users"],
+    summary = {"out": str(out), "retrieval_candidates": str(source)}
+    with hold_dir(out):
+        if check_dir(out, job) == "complete":
+            return {**summary, "status": "already complete: nothing to do",
+                    **_totals(json.loads((out / MANIFEST_FILE).read_text()))}
+        started = time.perf_counter()
+        histories = full_histories(data.split)
+        blend = choose_blend(model, data)  # the weight of the retrieval score, picked on valid
+        claim_dir(out, job)
+        entries = []
+        for part in manifest["parts"]:
+            path = out / part["file"]
+            if not part_done(path, job["job"]):
+                table = rerank_table(model, data.split, histories,
+                                     pq.read_table(source / part["file"]), n,
+                                     config.model.reranker.retrieval_features, blend,
+                                     popularity=data.popularity)
+                write_part(path, table, job["job"])
+            entries.append(part_entry(path, part["users"], "unknown_users"))
+        doc = {**job, "config": {"k": n}, "rows": sum(e["rows"] for e in entries),
+               "unknown_users": sum(e["unknown_users"] for e in entries), "parts": entries}
+        write_json(out / MANIFEST_FILE, doc)
+    return {**summary, "status": "complete", **_totals(doc),
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _source_name(k: int, users: list[str] | None, overrides: tuple[str, ...]) -> str:
+    """The retrieval export's dir name in the retrieval run: `candidates-top<K>`, with a hash
+    of the user list and settings where given (each list an export of its own)."""
+    if users is None and not overrides:
+        return f"candidates-top{k}"
+    given = json.dumps({"users": list(users or []), "overrides": list(overrides)})
+    return f"candidates-top{k}-{hashlib.sha256(given.encode()).hexdigest()[:12]}"
+
+
+def _totals(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The summary lines a manifest answers."""
+    return {"parts": len(manifest["parts"]), "rows": manifest["rows"],
+            "unknown_users": manifest["unknown_users"]}
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys import candidate_search, candidates
+from recsys import candidate_search, export_dir
 from recsys.candidate_search import SCHEMA, build_catalogue, search_part
 from recsys.candidates import export_candidates
 from recsys.cli import main
@@ -158,7 +158,8 @@ def test_a_user_list_is_exported_in_its_order_and_parts(run, scores, tmp_path, c
     ({"users": []}, "user list is empty"),
     ({"users": ["u1", "u1"]}, "listed twice"),
     ({"k": 31}, r"k=31 is larger than the catalogue \(30 items\)"),
-    ({"k": 0}, "export.k' must be >= 1"),
+    ({"k": 0}, r"export.k': 0 is out of range \(must be >= 1\)"),
+    ({"part_users": -1}, "export.part_users': -1 is out of range"),
     ({"overrides": ["train.lr=1"]}, "export.* keys only"),
     ({"overrides": ["export.part_size=1"]}, "unknown config key 'export.part_size'"),
 ])
@@ -214,13 +215,13 @@ def test_a_failing_write_leaves_no_partial_part_and_a_rerun_completes(
                 raise OSError(28, "No space left on device")
             super().write_table(table, *args, **kwargs)
 
-    monkeypatch.setattr(candidates.pq, "ParquetWriter", DiskFullOnSecondPart)
+    monkeypatch.setattr(export_dir.pq, "ParquetWriter", DiskFullOnSecondPart)
     assert main([*args, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "part-00001.parquet" in err and "No space left on device" in err and "rerun" in err
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["_job.json",
                                                                   "part-00000.parquet"]
-    monkeypatch.setattr(candidates.pq, "ParquetWriter", real_writer)
+    monkeypatch.setattr(export_dir.pq, "ParquetWriter", real_writer)
     assert main([*args, "--out", str(tmp_path / "c")]) == 0
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
     assert _files(tmp_path / "c") == _files(tmp_path / "clean")
@@ -326,8 +327,8 @@ def test_the_part_writer_writes_behind_in_order(monkeypatch):
         made_on.append(threading.current_thread())
         return table
 
-    monkeypatch.setattr(candidates, "write_part", slow_write)
-    with candidates.PartWriter("job") as writer:
+    monkeypatch.setattr(export_dir, "write_part", slow_write)
+    with export_dir.PartWriter("job") as writer:
         writer.write(Path("a"), table)
         assert written == []  # still writing a: the caller is free to search the next part
         release.set()
@@ -345,9 +346,9 @@ def test_a_failed_background_write_raises_and_nothing_after_it_is_written(monkey
             raise OSError(28, "No space left on device")
         written.append(path.name)
 
-    monkeypatch.setattr(candidates, "write_part", write)
+    monkeypatch.setattr(export_dir, "write_part", write)
     table = pa.table({"x": [1]})
-    with pytest.raises(OSError, match="No space"), candidates.PartWriter("job") as writer:
+    with pytest.raises(OSError, match="No space"), export_dir.PartWriter("job") as writer:
         writer.write(Path("a"), table)
         writer.write(Path("b"), table)  # a's error surfaces here; b's on leaving the block
         written.append("after b")
@@ -368,7 +369,7 @@ def test_item_ids_are_written_once_per_part_where_few_are_distinct(tmp_path, n_i
     table = search_part([(queries, [np.empty(0, np.int64)] * 200, ids)],
                         build_catalogue(items, np.arange(1, n_items + 1), cfg), cfg).table(item_ids)
     assert pa.types.is_dictionary(table.schema.field("item_id").type) == dictionary
-    candidates.write_part(tmp_path / "part.parquet", table, "job")
+    export_dir.write_part(tmp_path / "part.parquet", table, "job")
     back = pq.read_table(tmp_path / "part.parquet")
     assert back.schema.remove_metadata() == SCHEMA
     best = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :20]  # (200, 20) rows

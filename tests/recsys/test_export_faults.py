@@ -1,0 +1,224 @@
+"""Exports that fail, are damaged afterwards or meet a bad --out: nothing claimed, nothing
+half-written, nothing damaged passed off as complete (issue 15, class 5)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recsys import candidates, export_dir
+from recsys.candidates import export_candidates
+from recsys.cli import main
+from recsys.config import config_from_dict, config_to_dict
+from recsys.rerank_export import export_reranked
+from recsys.train import fit
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+PARTS = {"part_users": 40}  # 120 users: 3 parts
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, _successor_root) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    shutil.copytree(_successor_root / "raw", root / "raw")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(root) -> Path:
+    """One tiny SASRec run (120 users, 30 items) shared by the tests of this file."""
+    return fit(tiny_config(root, epochs=1)).run_dir
+
+
+@pytest.fixture(scope="module")
+def rerank_run(root, run, tiny_model_dir) -> Path:
+    """A tiny listwise reranker over `run`'s top 10."""
+    raw = config_to_dict(tiny_config(root, epochs=1, batch_size=32))
+    raw["model"] = {"name": "reranker", "reranker": {
+        "task": "listwise", "retrieval_run": str(run), "candidates": 10, "train_positions": 3,
+        "list_size": 6, "history_stats": False, "blend": [0.0], "dim": 8, "text": ["title"],
+        "max_len": 8, "dense_hidden": [16], "over_hidden": [16],
+        "encoder": {"path": str(tiny_model_dir), "cache_dir": str(root / "cache")}}}
+    raw["export"] = {"k": 5}
+    return fit(config_from_dict(raw)).run_dir
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """The parts of an export and its manifest without its creation time."""
+    files = {p.name: p.read_bytes() for p in sorted(out.glob("part-*.parquet"))}
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest.pop("created", None)
+    return {**files, "_manifest.json": json.dumps(manifest, sort_keys=True).encode()}
+
+
+def _cli(run: Path, out: Path, *args: str) -> list[str]:
+    return ["export", "--run", str(run), "--what", "candidates", "--k", "5", "--out", str(out),
+            "--set", "export.part_users=40", *args]
+
+
+# -- a failed export claims nothing ---------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["IVF_typo", "IVF64,Flat"])  # unparsable; more lists than items
+def test_a_bad_index_spec_claims_nothing_and_the_corrected_command_runs(run, tmp_path, capsys,
+                                                                       spec):
+    out = tmp_path / "c"
+    assert main([*_cli(run, out), "--set", f"export.index={spec}"]) == 2
+    assert spec in capsys.readouterr().err
+    assert not out.exists()  # made for the lock, removed again: nothing claims it
+    assert main(_cli(run, out)) == 0
+    assert json.loads((out / "_manifest.json").read_text())["rows"] == 600
+
+
+def test_a_claim_that_wrote_no_part_goes_to_the_next_job(run, tmp_path, monkeypatch):
+    out = tmp_path / "c"
+
+    def model_fails(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(candidates, "batch_user_vectors", model_fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        export_candidates(run, out, k=5, **PARTS)
+    assert sorted(p.name for p in out.iterdir()) == ["_job.json"]
+    monkeypatch.undo()
+    summary = export_candidates(run, out, k=4, **PARTS)  # another job: k differs
+    assert summary["status"] == "complete" and summary["parts_written"] == 3
+    assert json.loads((out / "_job.json").read_text())["settings"]["k"] == 4
+
+
+def test_a_dir_with_parts_of_another_job_is_still_refused(run, tmp_path, monkeypatch):
+    out = tmp_path / "c"
+    real, calls = export_dir.write_part, []
+
+    def second_part_fails(path, table, job):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, table, job)
+
+    monkeypatch.setattr(export_dir, "write_part", second_part_fails)
+    with pytest.raises(OSError, match="No space"):
+        export_candidates(run, out, k=5, **PARTS)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["_job.json", "part-00000.parquet"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"holds another export \(_job.json differs in export.k"):
+        export_candidates(run, out, k=4, **PARTS)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert export_candidates(run, out, k=5, **PARTS)["parts_skipped"] == 1
+
+
+# -- a part damaged after the export is found and written again -----------------------------
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [
+    _flip, lambda p: os.truncate(p, p.stat().st_size // 2), Path.unlink])
+def test_a_part_damaged_after_the_export_is_written_again(run, tmp_path, damage):
+    out = tmp_path / "c"
+    export_candidates(run, out, k=5, **PARTS)
+    clean = _files(out)
+    damage(out / "part-00001.parquet")
+    summary = export_candidates(run, out, k=5, **PARTS)
+    assert summary["status"] == "complete"
+    assert (summary["parts_written"], summary["parts_skipped"]) == (1, 2)
+    assert _files(out) == clean
+    again = export_candidates(run, out, k=5, **PARTS)
+    assert again["status"] == "already complete: nothing to do"
+
+
+# -- bad --out, lists and concurrent exports ------------------------------------------------
+
+def test_an_out_that_is_a_file_is_a_clear_error(run, tmp_path, capsys):
+    (tmp_path / "c").write_text("mine")
+    assert main(_cli(run, tmp_path / "c")) == 2
+    assert "is not a dir" in capsys.readouterr().err
+    assert (tmp_path / "c").read_text() == "mine"
+
+
+@pytest.mark.parametrize("key", ["allow_items", "deny_items"])
+def test_a_missing_item_list_names_its_key(run, tmp_path, capsys, key):
+    assert main([*_cli(run, tmp_path / "c"), "--set", f"export.{key}={tmp_path}/nope.txt"]) == 2
+    err = capsys.readouterr().err
+    assert f"export.{key}" in err and "nope.txt" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_second_export_into_a_dir_being_written_is_refused(run, tmp_path):
+    out = tmp_path / "c"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           candidates.PART_DELAY_ENV: "1"}
+    first = subprocess.Popen([sys.executable, "-m", "recsys.cli", *_cli(run, out)], cwd=REPO,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "part-00000.parquet").exists():
+        assert first.poll() is None, first.stderr.read().decode()
+        assert time.monotonic() < deadline, "no part appeared"
+        time.sleep(0.05)
+    with pytest.raises(ValueError, match="being written by another export"):
+        export_candidates(run, out, k=5, **PARTS)  # the same job: refused all the same
+    assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    assert export_candidates(run, out, k=5, **PARTS)["status"] == "already complete: nothing to do"
+
+
+def test_a_file_system_without_locks_still_exports(run, tmp_path, monkeypatch, caplog):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(export_dir.fcntl, "flock", no_locks)
+    assert export_candidates(run, tmp_path / "c", k=5, **PARTS)["status"] == "complete"
+    assert "cannot lock" in caplog.text and "would not be refused" in caplog.text
+
+
+# -- reranked export ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, -3])
+def test_a_reranked_export_refuses_a_k_below_one(run, rerank_run, tmp_path, n):
+    with pytest.raises(ValueError, match=f"--k must be >= 1, got {n}"):
+        export_reranked(run, rerank_run, tmp_path / "r", n=n)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_reranked_export_with_a_typo_claims_nothing(run, rerank_run, tmp_path):
+    with pytest.raises(ValueError, match="IVF_typo"):
+        export_reranked(run, rerank_run, tmp_path / "r", overrides=("export.index=IVF_typo",))
+    assert not (tmp_path / "r").exists()
+    assert all((d / "_manifest.json").is_file() for d in run.glob("candidates-top10*"))
+    assert export_reranked(run, rerank_run, tmp_path / "r")["rows"] == 600
+
+
+def test_a_reranked_export_refuses_a_dir_of_other_files(run, rerank_run, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a candidates export"):
+        export_reranked(run, rerank_run, tmp_path / "r")
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["notes.txt"]
+
+
+def test_a_reranked_export_for_another_user_list_is_its_own_job(run, rerank_run, tmp_path):
+    first = export_reranked(run, rerank_run, tmp_path / "a", users=["u1", "u2"])
+    second = export_reranked(run, rerank_run, tmp_path / "b", users=["u3"])
+    assert (first["rows"], second["rows"]) == (10, 5)
+    with pytest.raises(ValueError, match="holds another export"):
+        export_reranked(run, rerank_run, tmp_path / "a", users=["u3"])
+
+
+def test_a_reranked_part_damaged_after_the_export_is_written_again(run, rerank_run, tmp_path):
+    out = tmp_path / "r"
+    export_reranked(run, rerank_run, out)
+    clean = _files(out)
+    _flip(out / "part-00000.parquet")
+    export_reranked(run, rerank_run, out)
+    assert _files(out) == clean
