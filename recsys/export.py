@@ -3,12 +3,15 @@
 `export_embeddings(run_dir)` rebuilds the model from the run's best checkpoint (which carries its
 config), rebuilds the data split from that config, and writes two stores (serving/store.py):
 `<out>/items` (one vector per catalogue item) and `<out>/users` (one vector per user, from the
-user's whole known history). It never imports the training loop.
+user's whole known history). The two are a pair: every vector is computed before either store is
+written, and if the second write fails the first store's CURRENT goes back to its previous
+version. It never imports the training loop.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,10 @@ from tqdm import tqdm
 
 from features.ids import PAD
 from features.sequences import pad_left
+from recsys.atomic import write_text
 from recsys.data.split import Split
 from recsys.runs import load_run
-from serving.store import write_store
+from serving.store import CURRENT, write_store
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +51,39 @@ def export_embeddings(
     stores = {"items": (split.items.ids, items), "users": (split.users.ids, users)}
     summary: dict[str, Any] = {"run_id": run_dir.name, "model": config.model.name,
                                "dim": int(items.shape[1])}
-    for name, (ids, vectors) in stores.items():
-        path = write_store(out / name, ids, vectors, model=config.model.name,
-                           run_id=run_dir.name, normalized=_unit_norm(vectors))
+    written = _write_pair(out, stores, model=config.model.name, run_id=run_dir.name)
+    for name, (ids, _) in stores.items():
         summary[name] = len(ids)
-        summary[f"{name}_path"] = str(path)
+        summary[f"{name}_path"] = str(written[name])
     log.info("exported embeddings: %s", summary)
     return summary
+
+
+def _write_pair(out: Path, stores: dict[str, tuple[np.ndarray, np.ndarray]], *, model: str,
+               run_id: str) -> dict[str, Path]:
+    """A new version of each store `out/<name>` from its (ids, vectors); returns the version
+    dirs. If one fails, those written before it get their previous CURRENT back and lose the
+    new version: readers never pair this export's items with another's users."""
+    written: list[tuple[Path, str | None, Path]] = []  # (store root, previous version, new)
+    try:
+        for name, (ids, vectors) in stores.items():
+            root = out / name
+            previous = (root / CURRENT).read_text().strip() if (root / CURRENT).is_file() else None
+            try:
+                path = write_store(root, ids, vectors, model=model, run_id=run_id,
+                                   normalized=_unit_norm(vectors))
+            except ValueError as err:  # say which store: both have the same checks
+                raise ValueError(f"{root}: {err}; no store was changed") from err
+            written.append((root, previous, path))
+    except BaseException:
+        for root, previous, path in reversed(written):
+            if previous is None:
+                (root / CURRENT).unlink(missing_ok=True)
+            else:
+                write_text(root / CURRENT, previous + "\n")
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return {root.name: path for root, _, path in written}
 
 
 def full_histories(split: Split) -> list[np.ndarray]:

@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from recsys import candidates, export_dir
+from recsys import candidates, export, export_dir
 from recsys.candidates import export_candidates
 from recsys.cli import main
 from recsys.config import config_from_dict, config_to_dict
@@ -222,3 +223,35 @@ def test_a_reranked_part_damaged_after_the_export_is_written_again(run, rerank_r
     _flip(out / "part-00000.parquet")
     export_reranked(run, rerank_run, out)
     assert _files(out) == clean
+
+
+# -- embeddings export ----------------------------------------------------------------------
+
+def _current(out: Path) -> dict[str, str]:
+    return {name: (out / name / "CURRENT").read_text() for name in ("items", "users")}
+
+
+def test_an_embeddings_export_that_fails_leaves_the_live_pair_alone(run, tmp_path, monkeypatch):
+    out = tmp_path / "emb"
+    real = export.user_vectors
+
+    def one_nan_user(*args, **kwargs):
+        vectors = real(*args, **kwargs)
+        vectors[3] = np.nan
+        return vectors
+
+    def model_fails(*args, **kwargs):
+        raise RuntimeError("model raised")
+
+    monkeypatch.setattr(export, "user_vectors", one_nan_user)
+    with pytest.raises(ValueError, match=r"users: vectors must be finite.*u3"):
+        export.export_embeddings(run, out)  # the first export: no version is left live
+    assert not list(out.glob("*/*"))
+    monkeypatch.undo()
+    export.export_embeddings(run, out)
+    before = _current(out), sorted(p.name for p in out.glob("*/*"))
+    for failing, error in ((one_nan_user, ValueError), (model_fails, RuntimeError)):
+        monkeypatch.setattr(export, "user_vectors", failing)
+        with pytest.raises(error):
+            export.export_embeddings(run, out)
+        assert (_current(out), sorted(p.name for p in out.glob("*/*"))) == before
