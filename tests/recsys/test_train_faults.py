@@ -101,7 +101,7 @@ def test_cli_user_mistakes_are_one_line_exit_2_and_leave_no_run(config, tmp_path
         assert main(list(argv)) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and _mlflow_runs(config) == []
     path.write_text("train: [1,\n")
     assert main(["train", "--config", str(path)]) == 2
     assert "invalid YAML" in capsys.readouterr().err
