@@ -101,7 +101,7 @@ def check_dir(out: Path, job: dict[str, Any]) -> str:
     manifest = docs[MANIFEST_FILE]
     if manifest is None:
         return "todo"
-    damaged = [p["file"] for p in manifest["parts"] if not _intact(out / p["file"], p["sha256"])]
+    damaged = damaged_parts(out, manifest)
     if not damaged:
         return "complete"
     log.warning("%s: %s missing or changed since the export (sha256 differs from %s): writing "
@@ -122,8 +122,16 @@ def claim_dir(out: Path, job: dict[str, Any]) -> None:
         write_json(out / JOB_FILE, job)
 
 
-def _intact(path: Path, sha256: str) -> bool:
-    return path.is_file() and file_sha256(path) == sha256
+def finished(out: Path) -> bool:
+    """Whether `out` holds a finished export whose parts are all as its manifest says."""
+    manifest = _read_json(out / MANIFEST_FILE)
+    return manifest is not None and not damaged_parts(out, manifest)
+
+
+def damaged_parts(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """The parts `manifest` lists that are missing from `out` or differ from their sha256."""
+    return [p["file"] for p in manifest["parts"]
+            if not ((out / p["file"]).is_file() and file_sha256(out / p["file"]) == p["sha256"])]
 
 
 def write_part(path: Path, table: pa.Table, job: str) -> None:

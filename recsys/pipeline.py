@@ -23,10 +23,12 @@ from typing import Any
 
 from recsys import tracking
 from recsys.atomic import write_json
-from recsys.candidates import MANIFEST_FILE, export_candidates
+from recsys.candidates import export_candidates
 from recsys.config import Config, config_to_dict
-from recsys.data import ensure_dataset
+from recsys.data import dataset_sha256, ensure_dataset
+from recsys.data.prepare import raw_fingerprint
 from recsys.export import export_embeddings
+from recsys.export_dir import finished
 from recsys.index import INDEX_FILE, build_index, save_index
 from recsys.report import table
 from recsys.rerank_export import export_reranked
@@ -84,12 +86,13 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
     """Run (or reuse) every stage; `rerank` is a listwise reranker config whose
     `retrieval_run` the pipeline fills with the retriever it trained."""
     book = StageBook(Path(config.train.runs_dir) / STAGES_FILE)
-    data = config_to_dict(config.data)
-    book.run("prepare", {"data": data}, lambda: ensure_dataset(
-        config.data.source, config.data.raw, config.data.dir, config.data.mapping),
-        complete=lambda out: (out / "dataset.json").is_file())
-    run_dir = book.run("retriever", _trains_on(config), lambda: fit(config).run_dir,
-                       complete=_finished)
+    data = config.data
+    raw_files = raw_fingerprint(Path(data.raw), Path(data.dir))  # an edited raw file: prepare
+    dataset = book.run("prepare", {"data": config_to_dict(data), "raw_files": raw_files},
+                       lambda: ensure_dataset(data.source, data.raw, data.dir, data.mapping),
+                       complete=lambda out: (out / "dataset.json").is_file())
+    trains_on = {**_trains_on(config), "dataset_sha256": dataset_sha256(dataset)}
+    run_dir = book.run("retriever", trains_on, lambda: fit(config).run_dir, complete=_finished)
     started = time.perf_counter()
     test = evaluate_run(run_dir, "test")  # always: proves the run dir alone rebuilds the model
     book.stages.append(Stage("evaluate", run_dir, time.perf_counter() - started, False))
@@ -98,7 +101,7 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
     book.run("index", index, lambda: _index_stage(run_dir, config),
              complete=lambda out: (out / INDEX_FILE).is_file())
     book.run("candidates", {"run": run_dir, "export": export},
-             lambda: export_candidates(run_dir, **export)["out"], complete=_manifested)
+             lambda: export_candidates(run_dir, **export)["out"], complete=finished)
     rerank_test = None
     if rerank is not None:
         rerank = _reading(rerank, run_dir)
@@ -106,7 +109,7 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
                             complete=_finished)
         book.run("reranked candidates", {"run": run_dir, "reranker": reranker,
                                          "export": config_to_dict(rerank.export)},
-                 lambda: _reranked(run_dir, reranker, rerank.export.k), complete=_manifested)
+                 lambda: _reranked(run_dir, reranker, rerank.export.k), complete=finished)
         rerank_test = json.loads((Path(reranker) / "metrics.json").read_text())["test"]
     return PipelineResult(Path(run_dir).name, Path(run_dir), test, book.stages, rerank_test)
 
@@ -124,10 +127,6 @@ def _reading(rerank: Config, run_dir: str) -> Config:
 
 def _finished(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file()
-
-
-def _manifested(out: Path) -> bool:
-    return (out / MANIFEST_FILE).is_file()
 
 
 def _index_stage(run_dir: str, config: Config) -> str:

@@ -64,3 +64,20 @@ def test_pipeline_reruns_only_the_stages_whose_inputs_changed(config, tiny_model
     assert _ran(run_pipeline(elsewhere)) == ["evaluate", "candidates"]  # the index reads no k
     ranks = pq.read_table(successor_root / "top3", columns=["rank"]).column("rank").to_numpy()
     assert ranks.max() == 3
+
+
+def test_pipeline_redoes_what_an_edited_raw_file_or_a_damaged_part_touches(config):
+    retriever = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2),
+                                    export=dataclasses.replace(config.export, k=10))
+    first = run_pipeline(retriever)
+    candidates = Path(next(s.output for s in first.stages if s.name == "candidates"))
+    part = sorted(candidates.glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:-20])  # damaged after the export finished
+    assert _ran(run_pipeline(retriever)) == ["evaluate", "candidates"]
+    assert pq.read_table(part).num_rows > 0
+
+    events = Path(config.data.raw) / "events.csv"
+    events.write_text(events.read_text() + "u_new,i1,5000\nu_new,i2,5001\nu_new,i3,5002\n")
+    edited = run_pipeline(retriever)  # not the old run, refused for its changed dataset
+    assert _ran(edited) == ["prepare", "retriever", "evaluate", "index", "candidates"]
+    assert edited.run_dir != first.run_dir
