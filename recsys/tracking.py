@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -37,6 +40,7 @@ def start_run(config: TrackingConfig, run_id: str | None = None, name: str | Non
     """Open a new MLflow run (or reopen `run_id` to resume); use as a context manager. An
     exception inside marks the run FAILED; a store that cannot be used is a TrackingError."""
     uri = tracking_uri(config)
+    _check_reachable(uri)
     try:
         mlflow.set_tracking_uri(uri)
         if run_id is not None:
@@ -46,6 +50,19 @@ def start_run(config: TrackingConfig, run_id: str | None = None, name: str | Non
     except MlflowException as err:
         problem = " ".join(str(err).split())[:300]
         raise TrackingError(f"MLflow tracking store {uri!r}: {problem}") from None
+
+
+def _check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """An http(s) store where nothing listens fails here within seconds; MLflow itself retries
+    for about four minutes (its retries are meant for rate limits of a live server)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.scheme in getproxies():
+        return  # other stores fail fast on their own; through a proxy, only MLflow can tell
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise TrackingError(f"MLflow tracking store {uri!r}: cannot connect ({err})") from None
 
 
 def log_params(params: dict[str, Any]) -> None:

@@ -93,6 +93,8 @@ def test_cli_user_mistakes_are_one_line_exit_2_and_leave_no_run(config, tmp_path
         ("train", "--config", str(path), "--set", "train.lr=[1"): "invalid YAML value",
         ("train", "--config", str(path), "--set", "tracking.uri=foo://bar"):
             "MLflow tracking store 'foo://bar'",
+        ("train", "--config", str(path), "--set", "tracking.uri=http://127.0.0.1:9"):
+            "'http://127.0.0.1:9': cannot connect",  # in seconds, not after MLflow's retries
         ("train", "--resume", str(tmp_path), "--set", "train.lr=1"):
             "--set does not apply to --resume",
         ("evaluate", "--run", str(tmp_path / "no-such-run")): "no checkpoint at",
