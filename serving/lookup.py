@@ -5,17 +5,23 @@
     hits = store.nearest("i1", k=10)                   # hits.ids, hits.scores (best first)
     store.refresh()                                    # moves to the version CURRENT names now
 
-Every call works on one immutable `Snapshot` (one version dir, its memory-mapped vectors, its id
-map and optional faiss index): it takes a reference to the live snapshot when it starts, so a
-`refresh()` in another thread never mixes two versions into one answer. An old snapshot, and with
-it its memory map, is freed when the last call using it returns.
+Every call works on one immutable `Snapshot` (one version dir, its vectors, its id map and
+optional faiss index, all read into memory): it takes a reference to the live snapshot when it
+starts, so a `refresh()` in another thread never mixes two versions into one answer. An old
+snapshot is freed when the last call using it returns.
 
-Files of a version are never modified in place (write_store writes a new dir): a memory-mapped
-file truncated in place would crash its readers, while a replaced or deleted one keeps serving.
+The vectors are a private copy, not a memory map: a mapped file truncated in place kills the
+process with SIGBUS on the next lookup (nothing to catch in Python), and one rewritten in place
+changes answers under the id map and the checksums that were verified. A check before each
+lookup (os.fstat) would still race with the truncate, for the whole of an exact search. The
+copy costs RAM (count x dim x itemsize per process, twice while a refresh swaps versions) and
+nothing per lookup. `refresh()` notices files of the live version that changed on disk and
+reopens it; if that fails, the copy in memory keeps serving.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +32,16 @@ from typing import Any
 import numpy as np
 
 from serving.id_rows import IdRows
-from serving.store import CURRENT, StoreData, StoreError, _read_meta, read_store
+from serving.store import (
+    CURRENT,
+    IDS,
+    META,
+    VECTORS,
+    StoreData,
+    StoreError,
+    current_version_dir,
+    read_store,
+)
 
 UNKNOWN_POLICIES = ("raise", "zeros", "fallback")
 METRICS = ("ip", "cosine")
@@ -53,8 +68,10 @@ class Neighbors:
     """Top-k of one query, best first: `ids[i]` scored `scores[i]` (inner product or cosine)."""
 
     ids: list[str]
-    scores: np.ndarray  # (k',) float32, k' <= k when exclusions left fewer vectors
+    scores: np.ndarray  # (k',) float32, k' <= k: see `short`
     version: str
+    short: str | None = None  # why k' < k: "index" (the faiss index found fewer, e.g. the
+    #                           IVF lists probed held fewer vectors) or "excluded"; None if k' = k
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,8 +80,9 @@ class Snapshot:
 
     data: StoreData
     rows: IdRows  # id -> row of `matrix`
-    matrix: np.ndarray  # (count, dim) plain ndarray view of the memmap (faster indexing)
+    matrix: np.ndarray  # (count, dim) the vectors, in memory
     index: Any | None  # faiss.Index over the same rows, or None for exact search
+    stamps: tuple  # the version's files on disk when opened (see _stamps)
 
     @property
     def version(self) -> str:
@@ -142,11 +160,18 @@ class Snapshot:
         fetch = min(count, k + len(excluded))  # over-fetch so k remain after exclusions
         scores, rows = (self._search_index(q, fetch) if self.index is not None
                         else self._search_exact(q, fetch, metric))
-        keep = (rows >= 0) & ~np.isin(rows, list(excluded))  # -1: faiss found fewer
+        if len(rows) and rows.max() >= count:  # an index whose ids are not this store's rows
+            raise StoreError(f"{INDEX_FILE} of version {self.version} returned row "
+                             f"{rows.max()}, the store has {count} vectors: rebuild it with "
+                             "`recsys index --save`")
+        found = rows >= 0  # -1: faiss found fewer than asked
+        keep = found & ~np.isin(rows, list(excluded))
         scores, rows = scores[keep][:k], rows[keep][:k]
         if not np.isfinite(scores).all():
             raise ValueError("scores overflow float32: the query vector's values are too large")
-        return Neighbors(ids=self.data.ids[rows].tolist(), scores=scores, version=self.version)
+        short = None if len(rows) == k else "excluded" if found.all() else "index"
+        return Neighbors(ids=self.data.ids[rows].tolist(), scores=scores, version=self.version,
+                         short=short)
 
     def _search_index(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         scores, rows = self.index.search(q.reshape(1, -1), fetch)  # (1, fetch) each
@@ -175,25 +200,29 @@ class Snapshot:
 
 
 def open_snapshot(path: Path, *, verify: bool = True) -> Snapshot:
-    """Open one version dir (or a root, following CURRENT): checks, id map, faiss index."""
+    """Open one version dir (or a root's CURRENT one): checks, id map, faiss index."""
+    version_dir = current_version_dir(path) if (path / CURRENT).is_file() else path
+    stamps = _stamps(version_dir)  # before reading: a change meanwhile shows at the next refresh
     try:
-        data = read_store(path, verify=verify)
+        data = read_store(version_dir, verify=verify, in_memory=True)
         index = _read_index(data)
     except OSError as err:  # a file vanished while it was being read: the dir was replaced
         raise StoreError(f"cannot open the store at {path}: {err}") from err
-    return Snapshot(data=data, rows=IdRows(data.ids.tolist()), matrix=np.asarray(data.vectors),
-                    index=index)
+    return Snapshot(data=data, rows=IdRows(data.ids.tolist()), matrix=data.vectors, index=index,
+                    stamps=stamps)
 
 
-def current_version_dir(root: Path) -> Path:
-    """The version dir that `root/CURRENT` names now; StoreError if there is none."""
-    try:
-        version = (root / CURRENT).read_text().strip()
-    except OSError as err:
-        raise StoreError(f"cannot read {root / CURRENT}: {err.strerror or err}") from err
-    if not version or "/" in version or not (root / version).is_dir():
-        raise StoreError(f"{root / CURRENT} names version {version!r}, which is not in {root}")
-    return root / version
+def _stamps(version_dir: Path) -> tuple:
+    """(device, inode, size, mtime) of each file of a version, None where absent: changes when
+    a file is replaced, rewritten in place, added (`recsys index --save`) or removed."""
+    stamps = []
+    for name in (META, VECTORS, IDS, INDEX_FILE):
+        try:
+            st = os.stat(version_dir / name)
+            stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 class EmbeddingStore:
@@ -262,22 +291,18 @@ class EmbeddingStore:
                                       metric=self.metric)
 
     def refresh(self) -> bool:
-        """Move to the version CURRENT names now; True if it changed.
+        """Move to the version CURRENT names now, or reopen the live one if its files changed
+        on disk (an index.faiss saved into it, say); True if a new snapshot went live.
 
-        Readers keep being answered from the old version meanwhile. A missing CURRENT or a
-        broken new version raises StoreError and the old version stays live.
+        Readers keep being answered from the old snapshot meanwhile. A missing CURRENT or a
+        broken version raises StoreError and the old snapshot stays live.
         """
         if not self.follows_current:
             return False
         with self._lock:
             live = self._snapshot
             target = current_version_dir(self.path)
-            try:
-                meta = _read_meta(target)
-            except StoreError:
-                meta = None  # half-replaced; open_snapshot below says what is wrong
-            if meta is not None and target.name == live.version and \
-                    meta["sha256"] == live.data.meta["sha256"]:
+            if target == live.data.path and _stamps(target) == live.stamps:
                 return False
             self._snapshot = self._checked(open_snapshot(target, verify=self.verify))
             return True

@@ -44,7 +44,7 @@ class StoreData:
     """One version of a store: `ids[i]` is the id of `vectors[i]`."""
 
     ids: np.ndarray  # (count,) object array of str
-    vectors: np.ndarray  # (count, dim) read-only np.memmap, dtype as in meta
+    vectors: np.ndarray  # (count, dim) read-only, dtype as in meta; np.memmap or in memory
     meta: dict[str, Any]
     path: Path  # the version dir
 
@@ -87,19 +87,22 @@ def write_store(
     return root / version
 
 
-def read_store(path: str | Path, *, verify: bool = True) -> StoreData:
-    """Open a store root (follows CURRENT) or one version dir, memory-mapping the vectors.
+def read_store(path: str | Path, *, verify: bool = True, in_memory: bool = False) -> StoreData:
+    """Open a store root (follows CURRENT) or one version dir. Raises StoreError.
 
+    The vectors are memory-mapped, or with `in_memory` read into memory: a map shows later
+    writes to the file and a process touching a page the file no longer has (truncated in
+    place) dies of SIGBUS, so a long-lived reader (the server) takes a private copy.
     With `verify` (the default) both files are checked against their sha256 in meta.json, which
-    reads them once in full; count, dim and dtype are always checked. Raises StoreError.
+    reads them once in full; count, dim and dtype are always checked.
     """
     path = Path(path)
-    if (path / CURRENT).is_file():
-        version = (path / CURRENT).read_text().strip()
-        if not version or not (path / version / META).is_file():
-            raise StoreError(f"{path / CURRENT} names version {version!r}, which is not in {path}")
-        path = path / version
-    elif not (path / META).is_file():
+    via_current = (path / CURRENT).is_file()
+    if via_current:
+        path = current_version_dir(path)
+    if not (path / META).is_file():
+        if via_current or (path / VECTORS).is_file():  # a version dir that lost its meta.json
+            raise StoreError(f"{path / META} is missing")
         what = "no CURRENT and no meta.json" if path.is_dir() else "no such directory"
         raise StoreError(f"not an embedding store: {path} ({what})")
 
@@ -107,19 +110,86 @@ def read_store(path: str | Path, *, verify: bool = True) -> StoreData:
     for name in (VECTORS, IDS):
         if not (path / name).is_file():
             raise StoreError(f"{path / name} is missing")
-        if verify and file_sha256(path / name) != meta["sha256"][name]:
-            raise StoreError(f"{path / name} does not match its sha256 in meta.json "
-                             "(truncated or modified)")
-    try:
-        vectors = np.load(path / VECTORS, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:  # header damaged or data shorter than the header says
-        raise StoreError(f"{path / VECTORS} is not a readable .npy file: {err}") from err
-    expected = (meta["count"], meta["dim"])
-    if vectors.shape != expected or vectors.dtype != np.dtype(meta["dtype"]):
-        raise StoreError(f"{path / VECTORS} holds {vectors.shape} {vectors.dtype}, meta.json "
-                         f"says {expected} {meta['dtype']}")
-    return StoreData(ids=_read_ids(path / IDS, meta["count"]), vectors=vectors, meta=meta,
+    if in_memory:
+        vectors = _load_vectors(path / VECTORS, meta, verify)
+    else:
+        if verify:
+            _check_sha256(path / VECTORS, file_sha256(path / VECTORS), meta)
+        vectors = _map_vectors(path / VECTORS, meta)
+    return StoreData(ids=_read_ids(path / IDS, meta, verify), vectors=vectors, meta=meta,
                      path=path)
+
+
+def current_version_dir(root: Path) -> Path:
+    """The version dir that `root/CURRENT` names now; StoreError if there is none."""
+    try:
+        version = (root / CURRENT).read_bytes().decode().strip()
+    except OSError as err:
+        raise StoreError(f"cannot read {root / CURRENT}: {err.strerror or err}") from err
+    except UnicodeDecodeError:
+        raise StoreError(f"{root / CURRENT} is not a version name (not UTF-8 text)") from None
+    # write_store never names a version "", ".x" (its temp dirs) or with a "/"
+    if not version or "/" in version or version.startswith(".") or \
+            not (root / version).is_dir():
+        raise StoreError(f"{root / CURRENT} names version {version[:100]!r}, which is not in "
+                         f"{root}")
+    return root / version
+
+
+def _map_vectors(path: Path, meta: dict[str, Any]) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:  # header damaged or data shorter than the header says
+        raise StoreError(f"{path} is not a readable .npy file: {err}") from err
+    _check_shape(path, vectors.shape, vectors.dtype, meta)
+    return vectors
+
+
+def _load_vectors(path: Path, meta: dict[str, Any], verify: bool) -> np.ndarray:
+    """vectors.npy read into memory in one pass, hashed on the way when `verify`; a file
+    shorter or longer than its header says is a StoreError, never a half-filled array."""
+    header_reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                     (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            reader = header_reader.get(np.lib.format.read_magic(f))
+            if reader is None:
+                raise ValueError("unsupported .npy format version")
+            shape, fortran, dtype = reader(f)
+            _check_shape(path, shape, dtype, meta)
+            if fortran:
+                raise ValueError("Fortran order; the store format is C order")
+            header = f.tell()
+            vectors = np.empty(shape, dtype)  # (count, dim)
+            expected, size = header + vectors.nbytes, os.fstat(f.fileno()).st_size
+            got = f.readinto(vectors.reshape(-1).view(np.uint8)) if size == expected else -1
+            if verify:
+                f.seek(0)
+                digest = hashlib.sha256(f.read(header))
+    except StoreError:
+        raise
+    except (ValueError, OSError) as err:
+        raise StoreError(f"{path} is not a readable .npy file: {err}") from err
+    if got != vectors.nbytes:  # -1: wrong size; less: shrank while being read
+        raise StoreError(f"{path} is {size} bytes, its header says {expected} "
+                         "(truncated or modified)")
+    if verify:
+        digest.update(vectors.reshape(-1).view(np.uint8))
+        _check_sha256(path, digest.hexdigest(), meta)
+    vectors.flags.writeable = False
+    return vectors
+
+
+def _check_shape(path: Path, shape: tuple, dtype: np.dtype, meta: dict[str, Any]) -> None:
+    expected = (meta["count"], meta["dim"])
+    if tuple(shape) != expected or dtype != np.dtype(meta["dtype"]):
+        raise StoreError(f"{path} holds {tuple(shape)} {dtype}, meta.json says {expected} "
+                         f"{meta['dtype']}")
+
+
+def _check_sha256(path: Path, digest: str, meta: dict[str, Any]) -> None:
+    if digest != meta["sha256"][path.name]:
+        raise StoreError(f"{path} does not match its sha256 in meta.json (truncated or modified)")
 
 
 def _validate(ids: Sequence[str], vectors: np.ndarray, dtype: str) -> tuple[list[str], np.ndarray]:
@@ -178,10 +248,15 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_ids(path: Path, count: int) -> np.ndarray:
-    """(count,) ids ordered by row; rows must be exactly 0..count-1."""
+def _read_ids(path: Path, meta: dict[str, Any], verify: bool) -> np.ndarray:
+    """(count,) ids ordered by row; rows must be exactly 0..count-1. The file is read once:
+    the bytes hashed are the bytes parsed."""
+    count = meta["count"]
     try:
-        table = pq.read_table(path, columns=["id", "row"])
+        raw = path.read_bytes()
+        if verify:
+            _check_sha256(path, hashlib.sha256(raw).hexdigest(), meta)
+        table = pq.read_table(pa.BufferReader(raw), columns=["id", "row"])
     except (OSError, pa.ArrowException, KeyError) as err:
         raise StoreError(f"{path} is not a readable ids table: {err}") from err
     rows = table.column("row").to_numpy()

@@ -1,9 +1,11 @@
 """Versions and hot swap: refresh() while threads read; every answer comes from one version."""
 
 import gc
+import os
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -77,20 +79,94 @@ def _mapped(path: Path) -> bool:
     return str(path) in Path("/proc/self/maps").read_text()
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
-def test_the_old_memory_map_is_released_after_a_swap(tmp_path):
-    old = _version(tmp_path, 1.0, version="a")
+def test_the_old_snapshot_is_freed_after_a_swap(tmp_path):
+    _version(tmp_path, 1.0, version="a")
     store = EmbeddingStore(tmp_path)
     held = store.snapshot()  # a call still in flight on the old version
+    old = weakref.ref(held)
     _version(tmp_path, 2.0, version="b")
     store.refresh()
     gc.collect()
-    assert _mapped(old / "vectors.npy")  # still used by `held`
-    assert held.get(["i1"])[0][0, 0] == 1.0
+    assert old() is not None and held.get(["i1"])[0][0, 0] == 1.0
     del held
     gc.collect()
-    assert not _mapped(old / "vectors.npy")
-    assert _mapped(tmp_path / "b" / "vectors.npy")
+    assert old() is None and store.get(["i1"])[0][0, 0] == 2.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_a_live_version_truncated_on_disk_keeps_serving_its_copy(tmp_path):
+    """`truncate -s 100 vectors.npy` under a memory map killed the process with SIGBUS on the
+    next lookup; the store holds a copy, refresh says what is wrong and keeps it."""
+    version = _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    whole = (version / "vectors.npy").read_bytes()
+    os.truncate(version / "vectors.npy", 100)
+    with pytest.raises(StoreError, match="vectors.npy"):
+        store.refresh()  # checked before any lookup: a mapped store would die below
+    assert not _mapped(version / "vectors.npy")
+    assert store.version == "a" and store.get(["i0"])[0][0, 0] == 1.0
+    assert store.nearest(np.ones(16, np.float32), k=3).scores.tolist() == [16.0] * 3
+    (version / "vectors.npy").write_bytes(whole)  # put back: the version opens again
+    assert store.refresh() is True and store.get(["i0"])[0][0, 0] == 1.0
+
+
+def test_vectors_rewritten_in_place_change_no_answer(tmp_path):
+    """`cp other/vectors.npy store/a/` rewrites the live file in place: the answers stay those
+    of the version that was verified, and refresh refuses the file that fails its sha256."""
+    version = _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    other = _version(tmp_path / "other", 7.0, version="x")
+    shutil.copyfile(other / "vectors.npy", version / "vectors.npy")
+    assert store.get(["i0"])[0][0, 0] == 1.0
+    with pytest.raises(StoreError, match="sha256"):
+        store.refresh()
+    assert store.get(["i0"])[0][0, 0] == 1.0
+
+
+def test_an_index_saved_into_the_live_version_is_used_after_refresh(tmp_path):
+    """`recsys index --save` writes index.faiss into the version CURRENT names; the next
+    refresh (SIGHUP) reopens the version with it."""
+    faiss = pytest.importorskip("faiss")
+    version = _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    assert store.meta["search"] == "exact"
+    index = faiss.IndexFlatIP(16)
+    index.add(np.full((len(IDS), 16), 1.0, np.float32))
+    faiss.write_index(index, str(version / "index.faiss"))
+    assert store.refresh() is True and store.meta["search"] == "IndexFlatIP"
+    assert store.refresh() is False  # nothing changed since
+
+
+def test_a_version_truncated_before_a_refresh_moves_to_it_is_refused(tmp_path):
+    _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path, verify=False)  # the size check holds without checksums
+    new = _version(tmp_path, 2.0, version="b")
+    os.truncate(new / "vectors.npy", (new / "vectors.npy").stat().st_size - 4)
+    with pytest.raises(StoreError, match=r"vectors.npy is \d+ bytes, its header says"):
+        store.refresh()
+    assert store.version == "a" and store.get(["i0"])[0][0, 0] == 1.0
+
+
+@pytest.mark.parametrize(("current", "message"), [
+    (b"\xff\xfe garbage", "not UTF-8"),
+    (b"../other\n", "'../other'"),
+    (b".b.tmp\n", "'.b.tmp'"),
+    (b"\n", "''"),
+])
+def test_a_current_that_names_no_version_of_this_store_is_refused(tmp_path, current, message):
+    """CURRENT is read on open and on each refresh: a name outside the root, a temp dir or
+    bytes that are not text are a StoreError naming CURRENT, the live version stays."""
+    root = tmp_path / "store"
+    _version(root, 1.0, version="a")
+    _version(tmp_path, 2.0, version="other")
+    (root / ".b.tmp").mkdir()
+    store = EmbeddingStore(root)
+    (root / "CURRENT").write_bytes(current)
+    with pytest.raises(StoreError, match=message):
+        store.refresh()
+    with pytest.raises(StoreError, match="CURRENT"):
+        EmbeddingStore(root)
+    assert store.version == "a" and store.get(["i0"])[0][0, 0] == 1.0
 
 
 def test_a_missing_current_keeps_the_old_version_serving(tmp_path):

@@ -202,6 +202,51 @@ def test_an_index_of_other_vectors_is_refused(make_store):
         EmbeddingStore(version.parent)
 
 
+def test_an_ivf_index_that_finds_fewer_than_k_says_so(make_store):
+    """faiss pads an IVF answer with -1 when the probed lists hold fewer than k vectors: the
+    answer keeps the ones found and says why it is short."""
+    faiss = pytest.importorskip("faiss")
+    vectors = _vectors(count=200)
+    version = make_store(vectors=vectors)
+    index = faiss.index_factory(8, "IVF20,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1  # 200 points for 20 lists: no warning
+    index.train(vectors)
+    index.add(vectors)
+    index.nprobe = 1  # about 10 vectors in the one list probed
+    faiss.write_index(index, str(version / "index.faiss"))
+    store = EmbeddingStore(version.parent)
+    hits = store.nearest(vectors[0], k=50)
+    assert hits.short == "index" and 0 < len(hits.ids) < 50
+    assert len(set(hits.ids)) == len(hits.ids) == len(hits.scores)
+    assert "i0" in hits.ids  # its own list is the one probed
+    rows = [int(i[1:]) for i in hits.ids]
+    np.testing.assert_allclose(hits.scores, vectors[rows] @ vectors[0], rtol=1e-5)
+    assert (np.diff(hits.scores) <= 0).all()
+    index.nprobe = 20  # every list: all 200 are found
+    faiss.write_index(index, str(version / "index.faiss"))
+    store.refresh()
+    full = store.nearest(vectors[0], k=50)
+    assert full.short is None and full.ids == _exact(vectors, vectors[0], 50)[0]
+
+
+def test_an_exact_search_left_short_by_exclusions_says_so(store_root):
+    store = EmbeddingStore(store_root)
+    assert store.nearest("i3", k=5).short is None
+    hits = store.nearest("i3", k=20, exclude=["i4"])
+    assert len(hits.ids) == 18 and hits.short == "excluded"
+
+
+def test_an_index_whose_ids_are_not_rows_of_the_store_is_a_store_error(make_store):
+    faiss = pytest.importorskip("faiss")
+    version = make_store()
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(8))
+    index.add_with_ids(_vectors(), np.arange(20) + 15)  # 20 vectors, ids 15..34
+    faiss.write_index(index, str(version / "index.faiss"))
+    store = EmbeddingStore(version.parent)
+    with pytest.raises(StoreError, match="returned row 3[0-4], the store has 20 vectors"):
+        store.nearest(_vectors()[19], k=3)
+
+
 def test_a_truncated_or_mismatched_store_is_refused(make_store):
     version = make_store()
     meta = json.loads((version / "meta.json").read_text())
@@ -211,9 +256,9 @@ def test_a_truncated_or_mismatched_store_is_refused(make_store):
     (version / "meta.json").write_text(json.dumps(meta))
     raw = (version / "vectors.npy").read_bytes()
     (version / "vectors.npy").write_bytes(raw[:-10])
-    with pytest.raises(StoreError, match="sha256"):
+    with pytest.raises(StoreError, match="truncated or modified"):
         EmbeddingStore(version.parent)
-    with pytest.raises(StoreError, match="not a readable .npy"):
+    with pytest.raises(StoreError, match=r"vectors.npy is \d+ bytes, its header says"):
         EmbeddingStore(version.parent, verify=False)
 
 
