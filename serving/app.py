@@ -3,13 +3,16 @@
     GET  /health                 {"status": "ok", "version"}
     GET  /meta                   the live version's meta.json, candidates summary, limits
     POST /embeddings             {"ids": [...]} -> {"version", "dim", "vectors", "found"}
-    POST /neighbors              {"id": ..} or {"vector": [..]}, "k", "exclude" -> ids, scores
+    POST /neighbors              {"id": ..} or {"vector": [..]}, "k", "exclude" -> ids, scores,
+                                 found, short (why fewer than k, or null)
     GET  /candidates/{user_id}   exported top-K candidates of a user (when a dir is given)
 
-Every answer comes from one store version. Errors are JSON, `{"error": code, "message", ...}`:
-a request over a limit gets a 4xx naming it (`"limit": "max_ids"`, `"max": 1000`), a bug gets
-a 500 without a stack trace. `serve` refreshes the store on a timer and on SIGHUP, and the
-candidates too when their `_manifest.json` changed.
+Every answer comes from one store version. Request bodies are JSON sent as
+`Content-Type: application/json` (another type is a 415 saying so). Errors are JSON,
+`{"error": code, "message", ...}`: a request over a limit gets a 4xx naming it
+(`"limit": "max_ids"`, `"max": 1000`), a bug gets a 500 without a stack trace. `serve`
+refreshes the store on a timer and on SIGHUP, and the candidates too when their
+`_manifest.json` changed.
 """
 
 import json
@@ -78,6 +81,11 @@ class NeighborsBody(BaseModel):
     version: str
     ids: list[str] = Field(description="best first")
     scores: list[float]
+    found: int = Field(description="len(ids); fewer than k when `short` says why")
+    short: str | None = Field(description='null when k came back; "index": the faiss index '
+                              'found fewer (an IVF index scans only `nprobe` lists, which may '
+                              'hold fewer vectors); "excluded": the exclusions (and the query '
+                              'id) left fewer in the store')
 
 
 class Candidate(BaseModel):
@@ -94,7 +102,7 @@ class CandidatesBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
+    code: {"model": ErrorBody} for code in (404, 413, 415, 422, 503)}
 
 
 def create_app(store: EmbeddingStore, candidates: CandidateLookup | None = None,
@@ -151,7 +159,8 @@ def create_app(store: EmbeddingStore, candidates: CandidateLookup | None = None,
         query = request.id if request.id is not None else np.asarray(request.vector)
         hits = snap.nearest(query, request.k, exclude=request.exclude, metric=store.metric)
         return JSONBody({"version": hits.version, "ids": hits.ids,
-                         "scores": hits.scores.tolist()})
+                         "scores": hits.scores.tolist(), "found": len(hits.ids),
+                         "short": hits.short})
 
     @app.get("/candidates/{user_id}", response_model=CandidatesBody, responses=ERRORS)
     def candidates_of(user_id: str, k: Annotated[int | None, Query(ge=1, le=limits.max_k)] = None):
@@ -174,6 +183,12 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
     async def invalid(request: Request, err: RequestValidationError):
         detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
                    "type": str(e.get("type", ""))} for e in err.errors()]
+        media = _non_json_media_type(request)
+        if media and any(e["loc"][:1] == ["body"] for e in detail):  # FastAPI did not parse it
+            return _error(415, "unsupported_media_type", "send the body as JSON with "
+                          f"Content-Type: application/json, not {media} (curl -d sends "
+                          "application/x-www-form-urlencoded: add -H 'Content-Type: "
+                          "application/json')", detail=detail)
         for e in detail:  # name the limit when one was hit
             limit = _LIMITED.get((e["loc"][-1] if e["loc"] else "", e["type"]))
             if limit:
@@ -205,6 +220,15 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
     @app.exception_handler(Exception)
     async def crashed(request: Request, err: Exception):  # the server logs the traceback
         return _error(500, "internal_error", "internal server error (logged on the server)")
+
+
+def _non_json_media_type(request: Request) -> str | None:
+    """The request's media type if it names one FastAPI does not parse as JSON, else None.
+    (A body without a Content-Type is parsed as JSON; so is application/json or */*+json.)"""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not media or media == "application/json" or media.endswith("+json"):
+        return None
+    return media
 
 
 class BodyLimit:
@@ -250,13 +274,15 @@ class BodyLimit:
 class Refresher(threading.Thread):
     """Calls store.refresh() (and candidates.refresh(), when given) every `every` seconds
     (None: never) and on `trigger()` (SIGHUP). Each is refreshed on its own: a failed refresh
-    is logged and the old version of that one keeps serving."""
+    is logged and the old version of that one keeps serving. A failure that repeats with the
+    same message is logged once, not on every tick."""
 
     def __init__(self, store: EmbeddingStore, every: float | None,
                  candidates: CandidateLookup | None = None):
         super().__init__(name="store-refresh", daemon=True)
         self.store, self.every, self.candidates = store, every, candidates
         self._wake, self._stopped = threading.Event(), False
+        self._failing: dict[int, str] = {}  # id(store or candidates) -> last failure logged
 
     def trigger(self) -> None:  # safe in a signal handler: only sets an event
         self._wake.set()
@@ -276,13 +302,16 @@ class Refresher(threading.Thread):
                 self._refresh(self.candidates, lambda: "candidates {path} of run {run_id}"
                               .format(**self.candidates.meta))
 
-    @staticmethod
-    def _refresh(what: EmbeddingStore | CandidateLookup, serving: Callable[[], str]) -> None:
+    def _refresh(self, what: EmbeddingStore | CandidateLookup,
+                 serving: Callable[[], str]) -> None:
         try:
             if what.refresh():
                 log.info("refreshed: now serving %s", serving())
+            self._failing.pop(id(what), None)
         except StoreError as err:
-            log.warning("refresh failed, still serving %s: %s", serving(), err)
+            if self._failing.get(id(what)) != str(err):
+                log.warning("refresh failed, still serving %s: %s", serving(), err)
+            self._failing[id(what)] = str(err)
         except Exception:
             log.exception("refresh crashed, still serving %s", serving())
 

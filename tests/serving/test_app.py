@@ -1,7 +1,10 @@
 """The HTTP app, served by a real uvicorn on a loopback port and spoken to over HTTP."""
 
 import json
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,6 +15,7 @@ from serving.app import Limits, Refresher, create_app
 from serving.candidates import CandidateLookup
 
 LIMITS = Limits(max_ids=50, max_k=10, max_dim=64, max_body_bytes=4096)
+README = Path(__file__).parents[2] / "README.md"
 
 
 def _vectors(seed=0):
@@ -117,6 +121,63 @@ def test_neighbors_by_id_and_by_vector(served):
     by_vector = assert_ok(client.post("/neighbors", json={"vector": q.tolist(), "k": 3}))
     assert by_vector["ids"] == store.nearest(q, k=3).ids
     assert len(assert_ok(client.post("/neighbors", json={"id": "i1"}))["ids"]) == 10  # default k
+    assert by_id["found"] == 4 and by_id["short"] is None
+
+
+def test_neighbors_say_when_fewer_than_k_came_back(served, make_store, tmp_path):
+    """An IVF index whose probed lists hold fewer than k vectors returns -1 ids in faiss: the
+    answer says how many were found and why, rather than padding or staying silent."""
+    faiss = pytest.importorskip("faiss")
+    client, store = served
+    body = assert_ok(client.post("/neighbors", json={"id": "i1", "k": 10,
+                                                     "exclude": [f"i{n}" for n in range(2, 13)]}))
+    assert (body["found"], body["short"], len(body["ids"])) == (8, "excluded", 8)
+    vectors = _vectors()
+    index = faiss.index_factory(8, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1
+    index.train(vectors)
+    index.add(vectors)  # 20 vectors in 4 lists; one list probed holds fewer than 10
+    assert index.nprobe == 1 and max(index.invlists.list_size(n) for n in range(4)) < 10
+    faiss.write_index(index, str(tmp_path / "store" / store.version / "index.faiss"))
+    assert store.refresh() is True
+    body = assert_ok(client.post("/neighbors", json={"vector": vectors[0].tolist(), "k": 10}))
+    assert body["short"] == "index" and body["found"] == len(body["ids"]) == len(body["scores"])
+    assert 0 < body["found"] < 10
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_sent_as_another_type_is_a_415_saying_so(served, content_type):
+    """`curl -d '{...}'` sends application/x-www-form-urlencoded: FastAPI does not parse it."""
+    response = served[0].post("/neighbors", content=b'{"id": "i1", "k": 3}',
+                              headers={"content-type": content_type})
+    body = assert_error(response, 415, "unsupported_media_type")
+    assert "Content-Type: application/json" in body["message"] and content_type in \
+        body["message"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_readme_curl_examples_work_as_written(make_store, make_candidates, run_server,
+                                                  tmp_path):
+    """Each `curl -s localhost:8000/...` line of README.md, run by bash against a live server
+    on a free port (the one change to the line: that port)."""
+    lines = [line for line in README.read_text().splitlines()
+             if line.startswith("curl -s ") and "localhost:8000/" in line]
+    make_store()
+    store = EmbeddingStore(tmp_path / "store", unknown="zeros")
+    url = run_server(create_app(store, CandidateLookup(make_candidates(users=43))))
+    answers = {}
+    for line in lines:
+        command = line.replace("localhost:8000", url.removeprefix("http://"))
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, (line, done.stderr)
+        path = line.split("localhost:8000/")[1].split("/")[0].split("?")[0].split()[0]
+        answers[path] = json.loads(done.stdout)
+        assert "error" not in answers[path], (line, answers[path])
+    assert set(answers) == {"embeddings", "neighbors", "candidates"}, lines
+    assert answers["embeddings"]["found"] == [True, True]
+    assert len(answers["neighbors"]["ids"]) == 10 and "i1" not in answers["neighbors"]["ids"]
+    assert answers["candidates"]["user_id"] == "u42"
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [

@@ -89,6 +89,34 @@ def test_serve_refreshes_on_a_timer(make_store, tmp_path):
     assert proc.returncode == 0
 
 
+def test_serve_survives_its_live_vectors_truncated(make_store, tmp_path):
+    """`truncate -s 100 store/v1/vectors.npy` under a running server: with the vectors memory-
+    mapped the next lookup killed it (SIGBUS, exit -7, the client got no reply). It answers
+    from its copy, and the refresh on its timer logs why once, not on every tick."""
+    version = make_store(version="v1")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "serve", "--store", str(tmp_path / "store"),
+         "--port", str(port), "--refresh-seconds", "0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, "v1", proc=proc)
+        before = httpx.post(f"{url}/embeddings", json={"ids": ["i0", "i19"]}).json()
+        os.truncate(version / "vectors.npy", 100)
+        time.sleep(0.5)  # a few refresh ticks
+        after = httpx.post(f"{url}/embeddings", json={"ids": ["i0", "i19"]}, timeout=10)
+        assert after.status_code == 200 and after.json() == before
+        hits = httpx.post(f"{url}/neighbors", json={"id": "i0", "k": 3}, timeout=10).json()
+        assert hits["version"] == "v1" and hits["found"] == 3
+        assert proc.poll() is None
+    finally:
+        _stop(proc)
+    log = proc.stderr.read()
+    assert log.count("refresh failed, still serving version v1") == 1, log
+    assert "vectors.npy is not a readable .npy file" in log and "Traceback" not in log, log
+
+
 def test_serve_without_a_store_is_a_clean_error(tmp_path, capsys):
     assert main(["serve", "--store", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
@@ -96,6 +124,24 @@ def test_serve_without_a_store_is_a_clean_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["serve", "--store", str(tmp_path / "empty")]) == 2
     assert "no CURRENT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda v: os.truncate(v / "vectors.npy", 100), "vectors.npy is not a readable .npy file"),
+    (lambda v: os.truncate(v / "vectors.npy", 300), "vectors.npy is 300 bytes, its header says"),
+    (lambda v: (v / "meta.json").unlink(), "v1/meta.json is missing"),
+    (lambda v: (v.parent / "CURRENT").write_bytes(b"\xff\xfe"), "CURRENT is not a version name"),
+])
+def test_serve_of_a_broken_store_is_a_one_line_error(make_store, tmp_path, capsys, damage,
+                                                     message):
+    """A store broken before the server starts stops `serve` with one line naming the file.
+    (A CURRENT naming a dir outside the root, which `serve` used to open and serve: see
+    test_hot_swap.py.)"""
+    damage(make_store(version="v1"))
+    assert main(["serve", "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsys serve: error: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def _stop(proc: subprocess.Popen) -> None:
