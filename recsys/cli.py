@@ -28,13 +28,15 @@ def _prepare(args) -> None:
 
 
 def _train(args) -> None:
-    from recsys import fit, load_config
-    from recsys.report import table
+    from recsys import load_config
 
     if args.resume and args.set:
         raise ValueError("--set does not apply to --resume: a resumed run keeps the config in "
                          "its run dir (start a new run to change settings)")
-    config = None if args.resume else load_config(args.config, args.set)
+    config = None if args.resume else load_config(args.config, args.set)  # before torch loads
+    from recsys import fit
+    from recsys.report import table
+
     result = fit(config, resume=args.resume)
     test = result.metrics["test"]
     print(table(("test metric", "value"), [(k, v) for k, v in test.items()]))
