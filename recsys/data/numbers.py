@@ -20,7 +20,7 @@ def whole_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     would turn the last ones into -2**63). Values written as integers stay exact past 2**53,
     where float64 skips integers.
     """
-    number = pd.to_numeric(values, errors="coerce")
+    number = _numeric(values)
     if number.dtype == np.int64:  # the common case: every value an integer in range
         return number.to_numpy(), np.zeros(len(number), bool)
     real = number.to_numpy(dtype="float64", na_value=np.nan)  # uint64 / float64 / object
@@ -49,10 +49,32 @@ def _exact_int(value, real: float) -> int:
 
 def finite_float32(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(float32 values, mask of the values that are not finite numbers float32 can hold)."""
-    real = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    real = _numeric(values).to_numpy(dtype="float64", na_value=np.nan)
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(real) <= FLOAT32_MAX)  # NaN, inf, and 1e39 (inf as float32)
     return np.where(bad, 0, real).astype(np.float32), bad
+
+
+def _numeric(values: pd.Series) -> pd.Series:
+    """pd.to_numeric with every bad value NaN.
+
+    Object columns (JSON) need a look at each value first: pandas reads True as 1 and raises
+    OverflowError on an int beyond float range (10**400), where both are just bad values here.
+    """
+    if values.dtype == object:
+        values = values.map(_bad_as_nan)
+    return pd.to_numeric(values, errors="coerce")
+
+
+def _bad_as_nan(value):
+    if isinstance(value, bool | np.bool_):
+        return np.nan
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            return np.nan
+    return value
 
 
 def not_numbers(values: pd.Series) -> bool:

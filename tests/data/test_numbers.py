@@ -29,3 +29,12 @@ def test_finite_float32():
     values, bad = finite_float32(pd.Series(["1.5", "-2", "inf", "nan", "1e39", "3e38", "x"]))
     assert bad.tolist() == [False, False, True, True, True, False, True]
     assert values.dtype == np.float32 and values[:2].tolist() == [1.5, -2.0]
+
+
+def test_json_values_that_are_not_numbers_are_bad_not_errors_or_ones():
+    # From JSON (object column): an int beyond float range raised OverflowError; True was 1
+    values = pd.Series([10**400, True, np.True_, -(10**400), 7], dtype=object)
+    assert whole_numbers(values)[1].tolist() == [True, True, True, True, False]
+    assert whole_numbers(values)[0][4] == 7
+    real, bad = finite_float32(values)
+    assert bad.tolist() == [True, True, True, True, False] and real[4] == 7.0

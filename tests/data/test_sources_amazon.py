@@ -141,3 +141,18 @@ def test_2018_timestamp_outside_int64(raw_copy, assert_fails_cleanly, value):
     assert_fails_cleanly("amazon-2018", raw, "Tiny_5.json: column 'unixReviewTime'",
                          "as a whole number within int64", "line 2: ",
                          f'"unixReviewTime": {value}}}\'')
+
+
+@pytest.mark.parametrize(("column", "old", "value", "problem"), [
+    ("unixReviewTime", "1078531200", "1" + "0" * 400, "as a whole number within int64"),
+    ("unixReviewTime", "1078531200", "true", "cannot parse True as a whole number"),
+    ("overall", "5.0", "1" + "0" * 400, "as a finite float32 number"),
+    ("overall", "5.0", "true", "cannot parse True as a finite float32"),
+], ids=["time-10**400", "time-true", "rating-10**400", "rating-true"])
+def test_2018_json_value_that_is_not_a_number(raw_copy, assert_fails_cleanly, column, old, value,
+                                              problem):
+    raw = raw_copy("amazon-2018")  # 10**400 was an OverflowError traceback, true read as 1
+    reviews = raw / "Tiny_5.json"
+    reviews.write_text(reviews.read_text().replace(f'"{column}": {old}', f'"{column}": {value}'))
+    assert_fails_cleanly("amazon-2018", raw, f"Tiny_5.json: column '{column}'", problem,
+                         'line 2: \'{"overall": ')
