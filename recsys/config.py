@@ -167,9 +167,8 @@ class RerankerConfig:
     list_size: NonNegative = 32  # listwise: candidates per training list (positive + sampled);
     # ^ 0 = all K
     retrieval_features: bool = False  # retrieval score (minus the list's top) and log1p(rank)
-    blend: Annotated[tuple[float, ...], MinLen(1)] = (0.0,)  # listwise: weights w tried on
-    # ^ valid for the final score reranker logit + w * (retrieval score - list top); the best
-    # ^ valid NDCG@10 picks w
+    blend: Annotated[tuple[float, ...], MinLen(1)] = (0.0,)  # listwise: weights w of the final
+    # ^ score, reranker logit + w * (retrieval score - list top); the best valid NDCG@10 picks w
     recent_popularity_days: NonNegative = 0  # listwise: model input log1p(the candidate's train
     # ^ interactions, all users, in the N days before the example's time); 0 = off
 

@@ -86,9 +86,9 @@ def _concat(parts: list[torch.Tensor]) -> np.ndarray:
 def rankable(scores: torch.Tensor) -> torch.Tensor:
     """A float copy of model scores (B, n_items + 1) fit for ranking: the padding column and every
     non-finite score (a diverged model's NaN or inf) set to -inf, so that they rank last."""
-    scores = scores.float()
-    scores = torch.where(torch.isfinite(scores), scores, float("-inf"))  # a new tensor
-    scores[:, 0] = float("-inf")
+    inf = float("-inf")
+    scores = torch.nan_to_num(scores.float(), nan=inf, posinf=inf)  # a new tensor
+    scores[:, 0] = inf
     return scores
 
 

@@ -26,7 +26,6 @@ from recsys.atomic import write_json
 from recsys.candidates import export_candidates
 from recsys.config import Config, config_to_dict
 from recsys.data import dataset_sha256, ensure_dataset
-from recsys.data.prepare import raw_fingerprint
 from recsys.export import export_embeddings
 from recsys.export_dir import finished
 from recsys.index import INDEX_FILE, build_index, save_index
@@ -86,11 +85,7 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
     """Run (or reuse) every stage; `rerank` is a listwise reranker config whose
     `retrieval_run` the pipeline fills with the retriever it trained."""
     book = StageBook(Path(config.train.runs_dir) / STAGES_FILE)
-    data = config.data
-    raw_files = raw_fingerprint(Path(data.raw), Path(data.dir))  # an edited raw file: prepare
-    dataset = book.run("prepare", {"data": config_to_dict(data), "raw_files": raw_files},
-                       lambda: ensure_dataset(data.source, data.raw, data.dir, data.mapping),
-                       complete=lambda out: (out / "dataset.json").is_file())
+    dataset = _prepare_stage(book, config)
     trains_on = {**_trains_on(config), "dataset_sha256": dataset_sha256(dataset)}
     run_dir = book.run("retriever", trains_on, lambda: fit(config).run_dir, complete=_finished)
     started = time.perf_counter()
@@ -112,6 +107,19 @@ def run_pipeline(config: Config, rerank: Config | None = None) -> PipelineResult
                  lambda: _reranked(run_dir, reranker, rerank.export.k), complete=finished)
         rerank_test = json.loads((Path(reranker) / "metrics.json").read_text())["test"]
     return PipelineResult(Path(run_dir).name, Path(run_dir), test, book.stages, rerank_test)
+
+
+def _prepare_stage(book: StageBook, config: Config) -> Path:
+    """The dataset dir, asking `ensure_dataset` every time: it alone knows whether the raw files
+    changed (a stat per file); the stages after it are keyed by the dataset's content hash."""
+    data = config.data
+    info = Path(data.dir) / "dataset.json"
+    before = info.stat().st_mtime_ns if info.is_file() else None
+    started = time.perf_counter()
+    out = ensure_dataset(data.source, data.raw, data.dir, data.mapping)
+    book.stages.append(Stage("prepare", str(out), time.perf_counter() - started,
+                             remembered=before == info.stat().st_mtime_ns))
+    return out
 
 
 def _trains_on(config: Config) -> dict[str, Any]:

@@ -143,13 +143,24 @@ def check_dataset(recorded: str | None, dataset: Dataset, run: Path) -> None:
                          "under the run; train again, or restore the data it was trained on")
 
 
+def check_run_id(state: dict, run_dir: Path) -> None:
+    """Refuse a run dir whose checkpoint belongs to another run: a copy or a renamed dir would
+    write a second history into the original MLflow run, or label exports with a wrong id."""
+    recorded = state.get("run_id", run_dir.name)  # older checkpoints did not record it
+    if recorded != run_dir.name:
+        raise ValueError(f"{run_dir}: this run dir holds run {recorded} (a copied or renamed run "
+                         f"dir?); use it under its own name, {run_dir.parent / recorded}")
+
+
 def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split | CtrSplit]:
     """Rebuild a checkpoint's model (in eval mode) with the data it was trained on; refuse if
     that data changed since."""
     doc = read_checkpoint(Path(checkpoint))
+    run_dir = Path(checkpoint).parents[1]
+    check_run_id(doc["state"], run_dir)  # artifacts are labelled with the dir's name
     config = config_from_dict(doc["config"])
     dataset, split = load_data(config)
-    check_dataset(doc["state"].get("dataset_sha256"), dataset, Path(checkpoint).parents[1])
+    check_dataset(doc["state"].get("dataset_sha256"), dataset, run_dir)
     with torch.random.fork_rng():  # the caller's random stream stays its own
         torch.manual_seed(config.train.seed)  # weights are overwritten; init stays repeatable
         model = new_model(config, dataset, split)

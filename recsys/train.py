@@ -35,6 +35,7 @@ from recsys.memory import keep_freed_memory
 from recsys.plots import training_curve
 from recsys.runs import (
     check_dataset,
+    check_run_id,
     evaluate_model,
     load_data,
     new_model,
@@ -90,8 +91,8 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     with tracking.start_run(config.tracking, run_id=run_id, name=name) as run:
         if resume is None:
             run_dir = _new_run_dir(config, run.info.run_id)
-            tracking.log_params(config_to_dict(config))
-            tracking.log_params({"dataset_sha256": state["dataset_sha256"]})
+            tracking.log_params({**config_to_dict(config),
+                                 "dataset_sha256": state["dataset_sha256"]})
             tracking.log_file(run_dir / "config.yaml")
         else:
             run_dir = Path(resume)
@@ -115,12 +116,9 @@ def _resumable(run_dir: Path, dataset) -> str:
     if not has_checkpoint(last):
         return run_dir.name  # killed before its first epoch ended: the dir name is all there is
     state = read_checkpoint(last)["state"]
-    recorded = state.get("run_id", run_dir.name)  # older checkpoints did not record it
-    if recorded != run_dir.name:
-        raise ValueError(f"{run_dir}: this run dir holds run {recorded} (a copied or renamed run "
-                         f"dir?); resume it under its own name, runs/{recorded}")
+    check_run_id(state, run_dir)
     check_dataset(state.get("dataset_sha256"), dataset, run_dir)
-    return recorded
+    return run_dir.name
 
 
 def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Config,
@@ -169,15 +167,19 @@ def _one_epoch(model: nn.Module, optimizer, task, epoch: int, step: int,
         loss = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         value = loss.item()
-        if not math.isfinite(value):
+        problem = None if math.isfinite(value) else f"training loss is {value}"
+        if problem is None:
+            loss.backward()
+            if on_nan == "skip_step" and not _finite_gradients(optimizer):
+                problem = "gradients are not finite"  # a step would poison the weights
+        if problem is not None:
             where = f"epoch {epoch + 1}, step {step + i + 1} (batch {i + 1} of {len(task)})"
             if on_nan == "stop":
-                raise Diverged(f"training loss is {value} at {where}: the run diverged "
-                               "(lower train.lr, or set train.on_nan=skip_step)")
-            log.warning("training loss is %s at %s: step skipped", value, where)
+                raise Diverged(f"{problem} at {where}: the run diverged (lower train.lr, or "
+                               "set train.on_nan=skip_step)")
+            log.warning("%s at %s: step skipped", problem, where)
             skipped += 1
             continue
-        loss.backward()
         optimizer.step()
         total += value
         bar.set_postfix(loss=f"{value:.4f}")
@@ -185,6 +187,12 @@ def _one_epoch(model: nn.Module, optimizer, task, epoch: int, step: int,
         raise Diverged(f"training loss was not finite at any step of epoch {epoch + 1}: "
                        "the run diverged (lower train.lr)")
     return total / max(len(task) - skipped, 1), skipped
+
+
+def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+             if p.grad is not None]
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,

@@ -42,15 +42,17 @@ def test_skip_step_skips_a_non_finite_step_and_goes_on(config, monkeypatch):
     calls = []
     loss = NextItemTask.loss
 
-    def second_is_nan(self, model, batch):
+    def second_is_nan(self, model, batch):  # and the fourth has a finite loss, inf gradients
         calls.append(1)
         value = loss(self, model, batch)
+        if len(calls) == 4:
+            value.register_hook(lambda grad: grad * float("inf"))
         return value * float("nan") if len(calls) == 2 else value
 
     monkeypatch.setattr(NextItemTask, "loss", second_is_nan)
     result = fit(_with(config, epochs=2, on_nan="skip_step"))
     history = read_checkpoint(result.run_dir / "checkpoint" / "last")["state"]["history"]
-    assert [r.get("skipped_steps", 0) for r in history] == [1, 0]
+    assert [r.get("skipped_steps", 0) for r in history] == [2, 0]
     assert result.metrics["test"]["ndcg@10"] > 0
     with pytest.raises(Diverged, match=r"training loss is nan at epoch 1, step 2"):
         calls.clear()
@@ -82,6 +84,8 @@ def test_a_copied_run_dir_is_refused_on_resume(config):
     shutil.copytree(result.run_dir, copy)
     with pytest.raises(ValueError, match=rf"holds run {result.run_id} \(a copied or renamed"):
         fit(None, resume=copy)
+    with pytest.raises(ValueError, match="a copied or renamed"):  # exports name it by its dir
+        evaluate_run(copy)
 
 
 def test_cli_user_mistakes_are_one_line_exit_2_and_leave_no_run(config, tmp_path, capsys):
