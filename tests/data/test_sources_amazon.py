@@ -156,3 +156,18 @@ def test_2018_json_value_that_is_not_a_number(raw_copy, assert_fails_cleanly, co
     reviews.write_text(reviews.read_text().replace(f'"{column}": {old}', f'"{column}": {value}'))
     assert_fails_cleanly("amazon-2018", raw, f"Tiny_5.json: column '{column}'", problem,
                          'line 2: \'{"overall": ')
+
+
+@pytest.mark.parametrize(("source", "mapping"), [
+    ("amazon-lcrec", {"name": "../amazon-lcrec/Tiny"}),
+    ("amazon-s3rec", {"name": "/tmp/Tiny"}),
+    ("amazon-2018", {"reviews": "../amazon-2018/Tiny_5.json"}),
+    ("amazon-2018", {"meta": "../amazon-2018/meta_Tiny.json"}),
+])
+def test_mapping_names_a_file_outside_the_raw_dir(raw_copy, assert_fails_cleanly, source,
+                                                  mapping):
+    raw = raw_copy(source) / "sub"  # the dataset's own files sit one level up
+    raw.mkdir()
+    key = next(iter(mapping))
+    assert_fails_cleanly(source, raw, f"mapping for {source}: '{key}' must name a file inside "
+                         "the raw dir", mapping=mapping)

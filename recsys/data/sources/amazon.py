@@ -68,6 +68,14 @@ INLINE_TAG = re.compile(r"</?(?:a|b|i|u|em|strong|span|font|sup|sub|small)\b[^<>
 OTHER_TAG = re.compile(r"<[^<>]*>")  # <br>, <p>, <li> ... separate words
 
 
+def _check_inside_raw(raw: Path, name, source: str, key: str) -> None:
+    """Refuse a mapping name or glob pattern that leads outside the raw dir.
+
+    Only the check of `raw_file` is wanted: `find_one` then globs for the file.
+    """
+    raw_file(raw, name, source, key)
+
+
 def clean_text(value) -> str | None:
     """Unescape HTML entities, drop complete tags, collapse whitespace; '' -> None."""
     if not isinstance(value, str):
@@ -95,7 +103,7 @@ def convert_lcrec(raw: Path, mapping=None):
     """`<name>.inter.json` + `<name>.item.json`; mapping option `name` picks one of several."""
     options = check_mapping(mapping, ("name",), "amazon-lcrec")
     prefix = options.get("name", "*")
-    raw_file(raw, prefix, "amazon-lcrec", "name")  # a name inside the raw dir
+    _check_inside_raw(raw, prefix, "amazon-lcrec", "name")
     inter_path = find_one(raw, [f"{prefix}.inter.json"], "LC-Rec interaction", "name")
     item_path = inter_path.with_name(inter_path.name.replace(".inter.json", ".item.json"))
 
@@ -145,7 +153,7 @@ def convert_s3rec(raw: Path, mapping=None):
     """
     options = check_mapping(mapping, ("name",), "amazon-s3rec")
     prefix = options.get("name", "*")
-    raw_file(raw, prefix, "amazon-s3rec", "name")  # a name inside the raw dir
+    _check_inside_raw(raw, prefix, "amazon-s3rec", "name")
     seq_path = find_one(raw, [f"{prefix}.txt"], "S3-Rec sequence", "name")
     lines = [line.split() for line in read_text(seq_path).split("\n") if line.strip()]
     if not lines:
@@ -214,7 +222,7 @@ def convert_2018(raw: Path, mapping=None):
                         f"got {scope!r}")
     for key in ("reviews", "meta"):
         if key in options:
-            raw_file(raw, options[key], "amazon-2018", key)  # a pattern inside the raw dir
+            _check_inside_raw(raw, options[key], "amazon-2018", key)
     reviews_path = find_one(raw, [options["reviews"]] if "reviews" in options
                             else ["*_5.json.gz", "*_5.json"], "reviews", "reviews")
     meta_path = find_one(raw, [options["meta"]] if "meta" in options
