@@ -213,13 +213,14 @@ def open_snapshot(path: Path, *, verify: bool = True) -> Snapshot:
 
 
 def _stamps(version_dir: Path) -> tuple:
-    """(device, inode, size, mtime) of each file of a version, None where absent: changes when
-    a file is replaced, rewritten in place, added (`recsys index --save`) or removed."""
+    """(device, inode, size, mtime, ctime) of each file of a version, None where absent: changes
+    when a file is replaced, rewritten in place, added (`recsys index --save`), removed or
+    made readable (chmod changes only the ctime)."""
     stamps = []
     for name in (META, VECTORS, IDS, INDEX_FILE):
         try:
             st = os.stat(version_dir / name)
-            stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         except OSError:
             stamps.append(None)
     return tuple(stamps)
@@ -248,6 +249,7 @@ class EmbeddingStore:
         self.unknown, self.metric, self.verify = unknown, metric, verify
         self.fallback = None if fallback is None else _query_vector(fallback, None)
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
+        self._refused: tuple[Path, tuple, StoreError] | None = None  # last version refused
         # a root follows CURRENT; a version dir (meta.json, no CURRENT) is pinned
         self.follows_current = not ((self.path / "meta.json").is_file()
                                     and not (self.path / CURRENT).exists())
@@ -302,9 +304,19 @@ class EmbeddingStore:
         with self._lock:
             live = self._snapshot
             target = current_version_dir(self.path)
-            if target == live.data.path and _stamps(target) == live.stamps:
+            stamps = _stamps(target)  # before reading: a change meanwhile shows next time
+            if target == live.data.path and stamps == live.stamps:
                 return False
-            self._snapshot = self._checked(open_snapshot(target, verify=self.verify))
+            if self._refused is not None and self._refused[:2] == (target, stamps):
+                # the same broken files as last time: reading and hashing them again on
+                # every tick would only repeat the same error
+                raise self._refused[2].with_traceback(None)
+            try:
+                snap = self._checked(open_snapshot(target, verify=self.verify))
+            except StoreError as err:
+                self._refused = (target, stamps, err)
+                raise
+            self._snapshot, self._refused = snap, None
             return True
 
     def _checked(self, snap: Snapshot) -> Snapshot:

@@ -211,3 +211,61 @@ def test_a_version_dir_replaced_mid_read_keeps_serving_the_old_data(tmp_path):
     (tmp_path / "tmp" / "a").rename(tmp_path / "a")
     assert store.refresh() is True
     assert store.get(["i3"])[0][0, 0] == 2.0
+
+
+def _flip_last_byte(path):
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))  # in place: same inode, same size
+
+
+@pytest.mark.parametrize("broken", ["a", "b"])  # the live version, or a new CURRENT one
+def test_a_refused_version_is_not_read_again_until_its_files_change(tmp_path, monkeypatch,
+                                                                    broken):
+    """Each refresh tick re-read and re-hashed a broken version in full (count x dim allocated)
+    while the same error repeated; now it reads it once and again only when a file changes."""
+    import serving.lookup
+
+    _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    if broken == "b":
+        _version(tmp_path, 2.0, version="b")
+    vectors = tmp_path / broken / "vectors.npy"
+    whole = vectors.read_bytes()
+    _flip_last_byte(vectors)
+    reads = []
+    real = serving.lookup.read_store
+    monkeypatch.setattr(serving.lookup, "read_store",
+                        lambda path, **kw: reads.append(path) or real(path, **kw))
+    for _ in range(5):
+        with pytest.raises(StoreError, match=f"{broken}/vectors.npy.*sha256"):
+            store.refresh()
+    assert len(reads) == 1
+    assert store.version == "a" and store.get(["i0"])[0][0, 0] == 1.0
+    vectors.write_bytes(whole)  # fixed: new stamps, read again
+    assert store.refresh() is True and len(reads) == 2
+    assert store.version == broken and store.refresh() is False and len(reads) == 2
+
+
+def test_a_refused_version_is_read_again_after_chmod(tmp_path, monkeypatch):
+    """A file refused as unreadable (EACCES) is fixed by chmod, which changes no size or
+    mtime, only the ctime: that counts as a change and the version is read again."""
+    import serving.lookup
+
+    _version(tmp_path, 1.0, version="a")
+    store = EmbeddingStore(tmp_path)
+    vectors = _version(tmp_path, 2.0, version="b") / "vectors.npy"
+    _flip_last_byte(vectors)  # refused whoever runs this (root reads any mode)
+    reads = []
+    real = serving.lookup.read_store
+    monkeypatch.setattr(serving.lookup, "read_store",
+                        lambda path, **kw: reads.append(path) or real(path, **kw))
+    for _ in range(2):
+        with pytest.raises(StoreError, match="sha256"):
+            store.refresh()
+    assert len(reads) == 1
+    time.sleep(0.05)  # past the file system's clock tick, so the ctime can differ
+    vectors.chmod(0o600)
+    with pytest.raises(StoreError, match="sha256"):
+        store.refresh()
+    assert len(reads) == 2
