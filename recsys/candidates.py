@@ -181,17 +181,30 @@ def job_doc(run_dir: Path, cfg: ExportConfig, split: Split, rows: np.ndarray,
 
 def _on_main(worker: Worker, step: Callable[..., Any], *args: Any) -> Any:
     """`step(*args)` on rank 0 only; every rank gets its result, or raises its error (so no
-    rank waits forever for an answer rank 0 will not give)."""
-    result = None
+    rank waits forever for an answer rank 0 will not give). Rank 0 raises the error itself,
+    the others `_shared(error)`."""
+    result, error = None, None
     if worker.is_main:
         try:
             result = step(*args)
-        except (ValueError, OSError) as err:
-            result = err
-    result = share(result)
-    if isinstance(result, Exception):
-        raise result
+        except Exception as err:  # any error: one the others did not hear of would hang them
+            error = err
+    result, shared = share((result, None if error is None else _shared(error)))
+    if error is not None:
+        raise error
+    if shared is not None:
+        raise shared
     return result
+
+
+def _shared(error: Exception) -> Exception:
+    """`error` as a built-in error with its message, which every rank can unpickle: a
+    ValueError or OSError (the CLI's one-line errors) stays one, anything else is a
+    RuntimeError naming its type."""
+    for kind in (ValueError, OSError):
+        if isinstance(error, kind):
+            return kind(f"rank 0: {error}")
+    return RuntimeError(f"rank 0: {type(error).__name__}: {error}")
 
 
 def _hold_and_check(held: ExitStack, out: Path, job: dict[str, Any]) -> str:

@@ -123,15 +123,32 @@ def claim_dir(out: Path, job: dict[str, Any]) -> None:
 
 
 def finished(out: Path) -> bool:
-    """Whether `out` holds a finished export whose parts are all as its manifest says."""
-    manifest = _read_json(out / MANIFEST_FILE)
-    return manifest is not None and not damaged_parts(out, manifest)
+    """Whether `out` holds a finished export whose parts are all as its manifest says (an
+    unreadable manifest is not finished: the export runs again and says what is wrong)."""
+    try:
+        manifest = _read_json(out / MANIFEST_FILE)
+        return manifest is not None and not damaged_parts(out, manifest)
+    except (ValueError, OSError):
+        return False
 
 
 def damaged_parts(out: Path, manifest: dict[str, Any]) -> list[str]:
     """The parts `manifest` lists that are missing from `out` or differ from their sha256."""
-    return [p["file"] for p in manifest["parts"]
+    parts = manifest.get("parts")
+    if not isinstance(parts, list) or not all(map(_is_part_entry, parts)):
+        raise ValueError(f"{out / MANIFEST_FILE}: 'parts' must be a list of {{file, sha256}} "
+                         "of part-*.parquet files; nothing was changed: remove that dir or "
+                         "use another --out")
+    return [p["file"] for p in parts
             if not ((out / p["file"]).is_file() and file_sha256(out / p["file"]) == p["sha256"])]
+
+
+def _is_part_entry(entry: Any) -> bool:
+    """A manifest entry naming a part of this dir (never a path elsewhere, which a rewrite would
+    delete) and its sha256."""
+    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("file"), str) and "/" not in entry["file"]
+            and Path(entry["file"]).match("part-*.parquet"))
 
 
 def write_part(path: Path, table: pa.Table, job: str) -> None:
@@ -212,16 +229,23 @@ def _differences(doc: dict[str, Any], job: dict[str, Any]) -> str:
     """Which parts of the job identity `doc` (a _job.json or _manifest.json) does not share."""
     keys = [key for key in job if key not in ("job", "settings", "paths")]
     diff = [key for key in keys if doc.get(key) != job[key]]
-    theirs = doc.get("settings") or doc.get("config") or {}  # _job.json or _manifest.json
+    theirs = doc.get("settings") or doc.get("config")  # _job.json or _manifest.json
+    theirs = theirs if isinstance(theirs, dict) else {}
     diff += [f"export.{key}" for key, v in job.get("settings", {}).items()
              if theirs.get(key) != v]
     return ", ".join(diff) or "job hash"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, None where there is no file; a ValueError naming the file
+    where it is not a JSON object."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); nothing was changed") from err
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} holds a JSON {type(doc).__name__}, not an object: not an "
+                         "export's file; nothing was changed")
+    return doc

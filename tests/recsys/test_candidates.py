@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -18,11 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys import candidate_search, export_dir
+from recsys import candidate_search, candidates, export_dir
 from recsys.candidate_search import SCHEMA, build_catalogue, search_part
 from recsys.candidates import export_candidates
 from recsys.cli import main
 from recsys.config import ExportConfig
+from recsys.distributed import Worker
 from recsys.export import full_histories, user_vectors
 from recsys.runs import load_run
 from recsys.train import fit
@@ -272,6 +274,30 @@ def test_torchrun_with_two_processes_writes_the_single_process_export(run, tmp_p
     export_candidates(run, tmp_path / "one", k=5, part_users=10, batch_users=4)
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
     assert len(_frame(tmp_path / "two")) == 600
+
+
+@pytest.mark.parametrize("error", [AttributeError("'list' object has no attribute 'get'"),
+                                   KeyError("parts"), ValueError("holds another export")])
+def test_every_rank_raises_rank_0s_error_whatever_its_type(monkeypatch, error):
+    sent = []
+
+    def broadcast(value):  # as dist.broadcast_object_list: rank 0's value, pickled, to all
+        if not sent:
+            sent.append(pickle.dumps(value))
+        return pickle.loads(sent[0])
+
+    def step():
+        raise error
+
+    monkeypatch.setattr(candidates, "share", broadcast)
+    with pytest.raises(type(error)) as on_main:
+        candidates._on_main(Worker(0, 2, 0), step)
+    assert str(on_main.value) == str(error)
+    assert sent, "rank 0 raised without telling the other ranks, which would wait for ever"
+    with pytest.raises(Exception) as on_other:
+        candidates._on_main(Worker(1, 2, 0), step)  # rank 1 does not run the step
+    assert str(error) in str(on_other.value)
+    assert isinstance(on_other.value, ValueError) == isinstance(error, ValueError)
 
 
 @pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat"])

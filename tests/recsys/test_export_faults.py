@@ -140,6 +140,49 @@ def test_a_part_damaged_after_the_export_is_written_again(run, tmp_path, damage)
     assert again["status"] == "already complete: nothing to do"
 
 
+def _manifest_without(out: Path, key: str, **replace) -> dict:
+    doc = json.loads((out / "_manifest.json").read_text())
+    doc.pop(key)
+    return {**doc, **replace}
+
+
+@pytest.mark.parametrize(("name", "doc"), [
+    ("_job.json", lambda out: []),
+    ("_manifest.json", lambda out: _manifest_without(out, "parts")),
+    ("_manifest.json", lambda out: _manifest_without(out, "parts", parts={"a": 1})),
+    ("_manifest.json", lambda out: _manifest_without(out, "parts", parts=[["part-00000"]])),
+])
+def test_a_damaged_job_or_manifest_file_is_a_one_line_error_naming_it(run, tmp_path, name,
+                                                                       doc):
+    out = tmp_path / "c"
+    export_candidates(run, out, k=5, **PARTS)
+    (out / name).write_text(json.dumps(doc(out)))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError) as err:
+        export_candidates(run, out, k=5, **PARTS)
+    assert str(out / name) in str(err.value) and "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    if name == "_manifest.json":  # the pipeline runs the export, which says why
+        assert not export_dir.finished(out)
+
+
+def test_a_manifest_naming_a_file_outside_its_dir_deletes_nothing(run, tmp_path):
+    out, victim = tmp_path / "c", tmp_path / "victim.txt"
+    export_candidates(run, out, k=5, **PARTS)
+    victim.write_text("mine")
+    doc = _manifest_without(out, "parts", parts=[{"file": "../victim.txt", "sha256": "0"}])
+    (out / "_manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="'parts' must be a list"):
+        export_candidates(run, out, k=5, **PARTS)
+    assert victim.read_text() == "mine"
+
+
+@pytest.mark.parametrize("text", ["{}", "[]", "{not json", "\xff"])
+def test_an_unreadable_manifest_is_not_finished(tmp_path, text):
+    (tmp_path / "_manifest.json").write_text(text, encoding="latin-1")
+    assert export_dir.finished(tmp_path) is False
+
+
 # -- bad --out, lists and concurrent exports ------------------------------------------------
 
 def test_an_out_that_is_a_file_is_a_clear_error(run, tmp_path, capsys):
