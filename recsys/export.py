@@ -3,15 +3,16 @@
 `export_embeddings(run_dir)` rebuilds the model from the run's best checkpoint (which carries its
 config), rebuilds the data split from that config, and writes two stores (serving/store.py):
 `<out>/items` (one vector per catalogue item) and `<out>/users` (one vector per user, from the
-user's whole known history). The two are a pair: every vector is computed before either store is
-written, and if the second write fails the first store's CURRENT goes back to its previous
-version. It never imports the training loop.
+user's whole known history). The two go live together: every vector is computed and both new
+versions are written before either CURRENT moves, then the two CURRENT files are switched back to
+back (see `_write_pair` for the instant between them). It never imports the training loop.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,9 @@ from tqdm import tqdm
 
 from features.ids import PAD
 from features.sequences import pad_left
-from recsys.atomic import write_text
 from recsys.data.split import Split
 from recsys.runs import load_run
-from serving.store import CURRENT, write_store
+from serving.store import CURRENT, StoreError, current_version_dir, switch_current, write_store
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +61,61 @@ def export_embeddings(
 
 def _write_pair(out: Path, stores: dict[str, tuple[np.ndarray, np.ndarray]], *, model: str,
                run_id: str) -> dict[str, Path]:
-    """A new version of each store `out/<name>` from its (ids, vectors); returns the version
-    dirs. If one fails, those written before it get their previous CURRENT back and lose the
-    new version: readers never pair this export's items with another's users."""
-    written: list[tuple[Path, str | None, Path]] = []  # (store root, previous version, new)
+    """A new version of each store `out/<name>` from its (ids, vectors), made CURRENT together;
+    returns the version dirs.
+
+    Every version is written before any CURRENT moves, so a failed write leaves each store as it
+    was (the versions already written are removed). The switches then follow back to back: a
+    reader that opens the items in the instant between them and the users just after still gets
+    this export's items with the previous users. Only one pointer shared by both stores would
+    close that window.
+    """
+    written: dict[Path, Path] = {}  # store root: its new version dir, not yet CURRENT
     try:
         for name, (ids, vectors) in stores.items():
             root = out / name
-            previous = (root / CURRENT).read_text().strip() if (root / CURRENT).is_file() else None
             try:
-                path = write_store(root, ids, vectors, model=model, run_id=run_id,
-                                   normalized=_unit_norm(vectors))
+                written[root] = write_store(root, ids, vectors, model=model, run_id=run_id,
+                                            normalized=_unit_norm(vectors), make_current=False)
             except ValueError as err:  # say which store: both have the same checks
                 raise ValueError(f"{root}: {err}; no store was changed") from err
-            written.append((root, previous, path))
     except BaseException:
-        for root, previous, path in reversed(written):
-            if previous is None:
+        _remove(written.values())
+        raise
+    _switch_all(written)
+    return {root.name: path for root, path in written.items()}
+
+
+def _switch_all(written: dict[Path, Path]) -> None:
+    """Make each new version CURRENT; if a switch fails, those switched go back and the new
+    versions are removed."""
+    previous = {root: _live_version(root) for root in written}
+    switched = []
+    try:
+        for root, path in written.items():
+            switch_current(root, path.name)
+            switched.append(root)
+    except BaseException:
+        for root in switched:
+            if previous[root] is None:
                 (root / CURRENT).unlink(missing_ok=True)
             else:
-                write_text(root / CURRENT, previous + "\n")
-            shutil.rmtree(path, ignore_errors=True)
+                switch_current(root, previous[root])
+        _remove(written.values())
         raise
-    return {root.name: path for root, _, path in written}
+
+
+def _live_version(root: Path) -> str | None:
+    """The version `root/CURRENT` names, or None where there is no readable one."""
+    try:
+        return current_version_dir(root).name
+    except StoreError:
+        return None
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def full_histories(split: Split) -> list[np.ndarray]:

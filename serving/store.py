@@ -52,15 +52,16 @@ class StoreData:
 def write_store(
     root: str | Path, ids: Sequence[str], vectors: np.ndarray, *, model: str, run_id: str,
     normalized: bool, version: str | None = None, dtype: str = "float32",
+    make_current: bool = True,
 ) -> Path:
     """Write `ids` (count,) and `vectors` (count, dim) as a new version under `root`, make it
-    CURRENT, and return the version dir. Bad input raises ValueError before anything is written.
+    CURRENT (unless `make_current` is False: `switch_current` does it later), and return the
+    version dir. Bad input raises ValueError before anything is written.
     """
     root = Path(root)
     ids, vectors = _validate(ids, vectors, dtype)
-    if version is not None and (version in ("", ".", "..", CURRENT) or "/" in version
-                                or version.startswith(".")):
-        raise ValueError(f"bad version name {version!r}")
+    if version is not None:
+        _check_version_name(version)
     if version is not None and (root / version).exists():
         raise ValueError(f"version {version!r} already exists in {root}")
     now = datetime.now(UTC)
@@ -83,7 +84,8 @@ def write_store(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _switch_current(root, version)
+    if make_current:
+        switch_current(root, version)
     return root / version
 
 
@@ -227,7 +229,17 @@ def _new_version(root: Path, now: datetime) -> str:
     return version
 
 
-def _switch_current(root: Path, version: str) -> None:
+def _check_version_name(version: str) -> None:
+    if version in ("", ".", "..", CURRENT) or "/" in version or version.startswith("."):
+        raise ValueError(f"bad version name {version!r}")
+
+
+def switch_current(root: str | Path, version: str) -> None:
+    """Make `version` (a version dir of `root`) the one `root/CURRENT` names, atomically."""
+    root = Path(root)
+    _check_version_name(version)
+    if not (root / version).is_dir():
+        raise ValueError(f"version {version!r} is not in {root}: CURRENT was not changed")
     tmp = root / f".{CURRENT}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         tmp.write_text(version + "\n")

@@ -298,3 +298,38 @@ def test_an_embeddings_export_that_fails_leaves_the_live_pair_alone(run, tmp_pat
         with pytest.raises(error):
             export.export_embeddings(run, out)
         assert (_current(out), sorted(p.name for p in out.glob("*/*"))) == before
+
+
+def test_no_current_moves_before_both_new_versions_are_written(run, tmp_path, monkeypatch):
+    out = tmp_path / "emb"
+    export.export_embeddings(run, out)
+    live, real, seen = _current(out), export.write_store, []
+
+    def recording(*args, **kwargs):
+        seen.append(_current(out))  # what a reader finds while each store is written
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export, "write_store", recording)
+    summary = export.export_embeddings(run, out)
+    assert seen == [live, live]
+    assert _current(out) == {name: Path(summary[f"{name}_path"]).name + "\n"
+                             for name in ("items", "users")}
+
+
+def test_a_failed_current_switch_puts_the_switched_store_back(run, tmp_path, monkeypatch):
+    real = export.switch_current
+
+    def users_fails(root, version):
+        if root.name == "users":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(root, version)
+
+    export.export_embeddings(run, tmp_path / "live")
+    before = _current(tmp_path / "live"), sorted(p.name for p in tmp_path.glob("live/*/*"))
+    monkeypatch.setattr(export, "switch_current", users_fails)
+    for out in (tmp_path / "live", tmp_path / "first"):  # a previous version, and none
+        with pytest.raises(OSError, match="No space"):
+            export.export_embeddings(run, out)
+    assert (_current(tmp_path / "live"),
+            sorted(p.name for p in tmp_path.glob("live/*/*"))) == before
+    assert not list(tmp_path.glob("first/*/*"))

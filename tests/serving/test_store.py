@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from serving.store import StoreError, _new_version, read_store, write_store
+from serving.store import StoreError, _new_version, read_store, switch_current, write_store
 
 
 def _vectors(count=5, dim=4, seed=0):
@@ -54,6 +54,27 @@ def test_current_switches_to_the_newest_version_and_old_ones_stay_readable(tmp_p
     assert read_store(tmp_path).path == second
     np.testing.assert_array_equal(read_store(tmp_path).vectors, _vectors(seed=2))
     np.testing.assert_array_equal(read_store(first).vectors, _vectors(seed=1))
+
+
+def test_a_version_not_made_current_goes_live_on_switch_current(tmp_path):
+    first = _write(tmp_path, version="v1")
+    second = _write(tmp_path, vectors=_vectors(seed=2), version="v2", make_current=False)
+    assert read_store(tmp_path).path == first  # readers still get v1
+    np.testing.assert_array_equal(read_store(second).vectors, _vectors(seed=2))
+    switch_current(tmp_path, "v2")
+    assert read_store(tmp_path).path == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", "v1", "v2"]
+
+
+@pytest.mark.parametrize(("version", "make"), [("v9", False), ("..", False), (".v2.tmp", True),
+                                               ("v2/x", True), ("CURRENT", False)])
+def test_switch_current_refuses_a_name_that_is_no_version_of_the_store(tmp_path, version, make):
+    _write(tmp_path, version="v1")
+    if make:
+        (tmp_path / version).mkdir(parents=True)
+    with pytest.raises(ValueError, match="version"):
+        switch_current(tmp_path, version)
+    assert (tmp_path / "CURRENT").read_text() == "v1\n"
 
 
 def test_a_taken_timestamp_gets_a_unique_suffix(tmp_path):
