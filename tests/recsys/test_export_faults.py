@@ -200,19 +200,38 @@ def test_a_missing_item_list_names_its_key(run, tmp_path, capsys, key):
     assert not (tmp_path / "c").exists()
 
 
+# the CLI with every part write held until the gate file (argv[1]) appears
+GATED_CLI = """
+import sys, time
+from pathlib import Path
+from recsys import export_dir
+from recsys.cli import main
+gate, write = Path(sys.argv[1]), export_dir.write_part
+def held(path, table, job):
+    while not gate.exists():
+        time.sleep(0.02)
+    write(path, table, job)
+export_dir.write_part = held
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_a_second_export_into_a_dir_being_written_is_refused(run, tmp_path):
-    out = tmp_path / "c"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           candidates.PART_DELAY_ENV: "1"}
-    first = subprocess.Popen([sys.executable, "-m", "recsys.cli", *_cli(run, out)], cwd=REPO,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out / "part-00000.parquet").exists():
-        assert first.poll() is None, first.stderr.read().decode()
-        assert time.monotonic() < deadline, "no part appeared"
-        time.sleep(0.05)
-    with pytest.raises(ValueError, match="being written by another export"):
-        export_candidates(run, out, k=5, **PARTS)  # the same job: refused all the same
+    out, gate = tmp_path / "c", tmp_path / "gate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", GATED_CLI, str(gate), *_cli(run, out)],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "_job.json").exists():  # claimed: held until the gate opens
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline, "the first export claimed nothing"
+            time.sleep(0.05)
+        with pytest.raises(ValueError, match="being written by another export"):
+            export_candidates(run, out, k=5, **PARTS)  # the same job: refused all the same
+        assert sorted(p.name for p in out.iterdir()) == ["_job.json"]
+    finally:
+        gate.touch()
     assert first.wait(timeout=120) == 0, first.stderr.read().decode()
     assert export_candidates(run, out, k=5, **PARTS)["status"] == "already complete: nothing to do"
 
