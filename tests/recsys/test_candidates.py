@@ -181,12 +181,12 @@ def test_filters_leaving_fewer_items_than_k_are_an_error(run, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_a_dir_of_another_run_or_other_settings_is_refused_untouched(run, tmp_path, capsys):
+def test_a_dir_of_another_run_or_other_settings_is_refused_untouched(run, tmp_path, capsys,
+                                                                      successor_root):
     out = tmp_path / "c"
     export_candidates(run, out, k=5)
     before = _files(out)
-    other = tmp_path / "other-run"  # the same weights under another run id
-    shutil.copytree(run, other)
+    other = fit(tiny_config(successor_root, epochs=1)).run_dir  # (load_run refuses a copy)
     with pytest.raises(ValueError, match=r"holds another export \(_job.json differs in run_id"):
         export_candidates(other, out, k=5)
     assert main(["export", "--run", str(run), "--what", "candidates", "--k", "4",
