@@ -2,7 +2,7 @@
 
     python benchmarks/ctr.py --dataset ml-100k --config configs/ml100k_ctr.yaml
 
-All three read the same features (`recsys.ctr_inputs`: user/item IDs and attributes, the item's
+All three read the same features (`recsys.inputs.reranker`: user/item IDs and attributes, the item's
 frozen text vector, the mean text vector of the user's items before the row, history stats) on
 the same temporal split (`data.ctr`). Each picks its settings on the validation split only:
 ours its epoch (`fit`, valid AUC), LightGBM its number of trees (early stopping on valid AUC)
@@ -25,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import load_config, tracking
+from recsys import load_config
 from recsys.config import Config, config_to_dict
-from recsys.ctr_eval import ctr_metrics
-from recsys.ctr_inputs import FlatFeatures, build_reranker_inputs, flat_features
 from recsys.data.ctr import CtrSplit
-from recsys.report import table
-from recsys.runs import load_data
-from recsys.train import fit
+from recsys.eval.ctr import ctr_metrics
+from recsys.inputs.reranker import FlatFeatures, build_reranker_inputs, flat_features
+from recsys.recipes import load_data
+from recsys.runtime import tracking
+from recsys.runtime.report import table
+from recsys.train.loop import fit
 
 LIGHTGBM_GRID = ({"num_leaves": 15, "min_data_in_leaf": 50}, {"num_leaves": 63,
                                                                "min_data_in_leaf": 100})

@@ -26,8 +26,9 @@ import torch  # noqa: E402
 from features.text import item_sentences  # noqa: E402
 from recsys.config import ItemTextConfig, TextEncoderConfig  # noqa: E402
 from recsys.data import ensure_dataset, load_dataset  # noqa: E402
-from recsys.models.text_encoder import TextEncoder, bf16_supported, encode_texts  # noqa: E402
-from recsys.report import table  # noqa: E402
+from recsys.inputs.text_vectors import encode_texts  # noqa: E402
+from recsys.models.text_encoder import TextEncoder, bf16_supported  # noqa: E402
+from recsys.runtime.report import table  # noqa: E402
 
 # dataset folder under --data-root -> converter (recsys.data.SOURCES)
 SOURCES = {

@@ -4,8 +4,8 @@
     python benchmarks/export.py --items 20000 --users 20000 --specs Flat HNSW32
     python benchmarks/export.py --items 1000000 --users 1000000 --users-sweep 100000 1000000
 
-"Ours" is the export job of recsys/candidates.py minus the model forward (the user vectors are
-given, as the synthetic catalogue makes them): per part of `--part-users` users,
+"Ours" is the export job of recsys/export/candidates.py minus the model forward (the user
+vectors are given, as the synthetic catalogue makes them): per part of `--part-users` users,
 `search_part` (per batch of `--search-users`: the search over-fetching past the seen items,
 list by list for IVF,Flat, and dropping them) and the part's `table` (a second search for
 users left short, the arrow table), made and written by the job's `PartWriter` while the next
@@ -50,13 +50,13 @@ synthetic = sys.modules["synthetic"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(synthetic)
 synthetic_catalogue = synthetic.synthetic_catalogue
 
-from recsys import index as ann  # noqa: E402
-from recsys.candidate_search import build_catalogue, search_part  # noqa: E402
-from recsys.candidates import PartWriter  # noqa: E402
+from recsys.ann import index as ann  # noqa: E402
 from recsys.config import ExportConfig  # noqa: E402
-from recsys.report import table  # noqa: E402
+from recsys.export.candidate_search import build_catalogue, search_part  # noqa: E402
+from recsys.export.candidates import PartWriter  # noqa: E402
+from recsys.runtime.report import table  # noqa: E402
 
-WHAT = ("ours = recsys.candidate_search.search_part + candidates.PartWriter (search with "
+WHAT = ("ours = recsys.export.candidate_search.search_part + candidates.PartWriter (search with "
         "over-fetch, drop seen, parquet parts) on given user vectors: no model forward")
 
 

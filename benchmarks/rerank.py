@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from recsys import load_config
-from recsys.report import table
-from recsys.train import fit
+from recsys.runtime.report import table
+from recsys.train.loop import fit
 
 CONFIGS = {  # dataset -> (retrieval config, rerank config)
     "ml-100k": ("configs/ml100k_sasrec.yaml", "configs/ml100k_rerank.yaml"),

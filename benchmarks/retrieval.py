@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from recsys import load_config
-from recsys.report import table
-from recsys.train import fit
+from recsys.runtime.report import table
+from recsys.train.loop import fit
 
 KEYS = ("ndcg@10", "ndcg@20", "recall@10", "recall@20", "mrr@10", "ndcg@10_all", "recall@10_all",
         "coverage@10", "tail_recall@10", "cold_recall@10")

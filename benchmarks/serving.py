@@ -36,7 +36,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recsys.report import table  # noqa: E402
+from recsys.runtime.report import table  # noqa: E402
 from serving import EmbeddingStore  # noqa: E402
 from serving.store import write_store  # noqa: E402
 

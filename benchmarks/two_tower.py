@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from recsys import load_config
-from recsys.report import table
-from recsys.train import fit
+from recsys.runtime.report import table
+from recsys.train.loop import fit
 
 KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "ndcg@10_all", "tail_recall@10",
         "cold_recall@10")

@@ -20,11 +20,11 @@ __all__ = ["Config", "export_candidates", "fit", "load_config"]
 def __getattr__(name: str):
     # these pull in torch, faiss and MLflow: import on first use so `import recsys` stays light
     if name == "fit":
-        from recsys.train import fit
+        from recsys.train.loop import fit
 
         return fit
     if name == "export_candidates":
-        from recsys.candidates import export_candidates
+        from recsys.export.candidates import export_candidates
 
         return export_candidates
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")

@@ -35,7 +35,7 @@ def _train(args) -> None:
                          "its run dir (start a new run to change settings)")
     config = None if args.resume else load_config(args.config, args.set)  # before torch loads
     from recsys import fit
-    from recsys.report import table
+    from recsys.runtime.report import table
 
     result = fit(config, resume=args.resume)
     test = result.metrics["test"]
@@ -44,24 +44,24 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from recsys.report import table
-    from recsys.runs import evaluate_run
+    from recsys.recipes import evaluate_run
+    from recsys.runtime.report import table
 
     metrics = evaluate_run(args.run, args.split)
     print(table((f"{args.split} metric", "value"), list(metrics.items())))
 
 
 def _export(args) -> None:
-    from recsys.export import export_embeddings
-    from recsys.report import table
+    from recsys.export.embeddings import export_embeddings
+    from recsys.runtime.report import table
 
     if args.what == "candidates":
-        from recsys.candidates import export_candidates, read_id_list
+        from recsys.export.candidates import export_candidates, read_id_list
 
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing lines
         users = read_id_list(args.users) if args.users else None
         if args.rerank:
-            from recsys.rerank_export import export_reranked
+            from recsys.export.reranked import export_reranked
 
             summary = export_reranked(args.run, args.rerank, args.out, n=args.k, users=users,
                                       overrides=args.set)
@@ -78,10 +78,10 @@ def _export(args) -> None:
 
 def _index(args) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing lines
-    from recsys import index as ann
-    from recsys import tracking
+    from recsys.ann import index as ann
     from recsys.config import TrackingConfig
-    from recsys.report import table
+    from recsys.runtime import tracking
+    from recsys.runtime.report import table
     from serving.store import read_store
 
     if not (args.report or args.save):
@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="candidates: override an export setting, e.g. export.part_users=50000")
     p.add_argument("--rerank", metavar="RUN_DIR",
                    help="candidates: rerank the top K of --run (a retriever) with this listwise "
-                        "reranker run and keep --k (see recsys/rerank_export.py)")
+                        "reranker run and keep --k (see recsys/export/reranked.py)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("index", help="build, save and measure ANN indexes over an embedding store")

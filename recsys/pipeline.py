@@ -21,18 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys import tracking
-from recsys.atomic import write_json
-from recsys.candidates import export_candidates
+from recsys.ann.index import INDEX_FILE, build_index, save_index
 from recsys.config import Config, config_to_dict
 from recsys.data import dataset_sha256, ensure_dataset
-from recsys.export import export_embeddings
-from recsys.export_dir import finished
-from recsys.index import INDEX_FILE, build_index, save_index
-from recsys.report import table
-from recsys.rerank_export import export_reranked
-from recsys.runs import evaluate_run
-from recsys.train import fit
+from recsys.export.candidates import export_candidates
+from recsys.export.embeddings import export_embeddings
+from recsys.export.export_dir import finished
+from recsys.export.reranked import export_reranked
+from recsys.recipes import evaluate_run
+from recsys.runtime import tracking
+from recsys.runtime.atomic import write_json
+from recsys.runtime.report import table
+from recsys.train.loop import fit
 from serving.store import read_store
 
 STAGES_FILE = "pipeline_stages.json"

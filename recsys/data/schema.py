@@ -25,8 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.data.atomic_dir import replacing
 from recsys.data.numbers import finite_float32, not_numbers, whole_numbers
+from recsys.runtime.atomic_dir import replacing
 
 FORMAT_VERSION = 1
 INFO_FILE = "dataset.json"

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from recsys.data import load_dataset, prepare
-from recsys.data.atomic_dir import HOST
+from recsys.runtime.atomic_dir import HOST
 
 REPO = Path(__file__).resolve().parents[2]
 

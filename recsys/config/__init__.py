@@ -1,0 +1,39 @@
+"""Experiment configuration: one YAML file -> frozen dataclasses (the bottom layer: it imports
+nothing of the project).
+
+`sections` holds the schema (one small dataclass per section, value ranges as annotations);
+`loading` reads YAML and `--set` overrides into it, strictly, naming the key of any error.
+"""
+
+from recsys.config.loading import (
+    apply_override,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    read_yaml,
+)
+from recsys.config.sections import (
+    Config,
+    ConfigError,
+    CtrDataConfig,
+    DataConfig,
+    EvalConfig,
+    ExportConfig,
+    ItemTextConfig,
+    MaskingConfig,
+    ModelConfig,
+    PopularityConfig,
+    RerankerConfig,
+    SASRecConfig,
+    TextEncoderConfig,
+    TrackingConfig,
+    TrainConfig,
+    TwoTowerConfig,
+)
+
+__all__ = [
+    "Config", "ConfigError", "CtrDataConfig", "DataConfig", "EvalConfig", "ExportConfig",
+    "ItemTextConfig", "MaskingConfig", "ModelConfig", "PopularityConfig", "RerankerConfig",
+    "SASRecConfig", "TextEncoderConfig", "TrackingConfig", "TrainConfig", "TwoTowerConfig",
+    "apply_override", "config_from_dict", "config_to_dict", "load_config", "read_yaml",
+]

@@ -1,0 +1,120 @@
+"""Training tasks: how a model's batches are cut from the split and which loss they feed.
+
+The one training loop (`recsys.train.loop`) asks a task for the batches of an epoch and for the loss
+of each; the models stay free of both. Shuffling uses the global torch RNG, which checkpoints
+save and restore, so a resumed run draws the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from features.masking import masked_views
+from features.sequences import length_batches, next_item_pairs, pad_left, training_windows
+from recsys.config import TwoTowerConfig
+from recsys.data.split import Split
+from recsys.losses import full_softmax_cross_entropy, info_nce, sampled_softmax
+
+
+class NextItemTask:
+    """SASRec+ recipe: windows of each history, full softmax over the catalogue at each position."""
+
+    def __init__(self, split: Split, max_len: int, batch_size: int):
+        self.max_len = max_len
+        self.windows = training_windows(split.train, max_len)
+        self.lengths = np.array([len(w) for w in self.windows])
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.windows) // self.batch_size)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, targets), each (batch, L); batches group windows of similar length."""
+        order = torch.randperm(len(self.windows)).numpy()
+        batches = length_batches(order, self.lengths, self.batch_size)
+        for b in torch.randperm(len(batches)).tolist():
+            chosen = [self.windows[w] for w in batches[b]]
+            yield tuple(map(torch.as_tensor, next_item_pairs(chosen, self.max_len)))
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        inputs, targets = batch
+        labelled = targets > 0
+        return full_softmax_cross_entropy(model.position_scores(inputs, labelled),
+                                          targets[labelled])
+
+
+class TwoTowerTask:
+    """(history prefix, next item) examples, sampled softmax with logQ, optional SSL masking.
+
+    Every position t >= 1 of a user's training sequence is one example: the user tower reads the
+    items before t, the item at t is the positive. Negatives are the other positives of the batch
+    plus `uniform_negatives` items drawn uniformly; the SSL loss reads its own uniform items.
+    """
+
+    def __init__(self, config: TwoTowerConfig, split: Split, batch_size: int,
+                 nmi: np.ndarray | None = None):
+        self.config = config
+        self.train = split.train
+        self.n_items = split.n_items
+        self.batch_size = batch_size
+        self.nmi = nmi
+        lengths = np.array([len(s) for s in split.train])
+        self.rows = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
+        self.ends = np.concatenate([np.arange(1, n) for n in lengths] + [np.zeros(0, np.int64)])
+        self.log_q = torch.as_tensor(
+            _log_inclusion(split.train_item_counts, batch_size, config.uniform_negatives),
+            dtype=torch.float32)
+        if config.masking.kind == "correlated" and nmi is None:
+            raise ValueError("correlated feature masking needs the feature NMI matrix")
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(history (batch, L), users (batch,), targets (batch,)), similar lengths together."""
+        order = torch.randperm(len(self.rows)).numpy()
+        lengths = np.minimum(self.ends, self.config.max_len)
+        batches = length_batches(order, lengths, self.batch_size)
+        for b in torch.randperm(len(batches)).tolist():
+            rows, ends = self.rows[batches[b]], self.ends[batches[b]]
+            history = pad_left([self.train[r][:e] for r, e in zip(rows, ends, strict=True)],
+                               self.config.max_len)
+            targets = np.array([self.train[r][e] for r, e in zip(rows, ends, strict=True)])
+            yield torch.as_tensor(history), torch.as_tensor(rows), torch.as_tensor(targets)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        history, users, targets = batch
+        cfg = self.config
+        negatives = torch.randint(1, self.n_items + 1, (cfg.uniform_negatives,))
+        candidates, where = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
+        loss = sampled_softmax(model.user_vectors(history, users), model.item_vectors(candidates),
+                               where[: len(targets)], cfg.temperature,
+                               self.log_q[candidates] if cfg.logq else None)
+        if cfg.masking.kind != "none":
+            loss = loss + cfg.masking.alpha * self.ssl_loss(model)
+        return loss
+
+    def ssl_loss(self, model: nn.Module) -> torch.Tensor:
+        """InfoNCE between two complementary masked views of items drawn uniformly (distinct)."""
+        ssl = self.config.masking
+        items = torch.randperm(self.n_items)[: ssl.batch_size] + 1
+        n_features = len(model.item_tower.feature_names)
+        view1, view2 = masked_views(ssl.kind, len(items), n_features, self.nmi)
+        return info_nce(model.item_vectors(items, view1), model.item_vectors(items, view2),
+                        ssl.temperature)
+
+
+def _log_inclusion(counts: np.ndarray, batch: int, uniform: int) -> np.ndarray:
+    """(n_items + 1,) log P(item is among the candidates of a step).
+
+    An item is a candidate when one of `batch` positives (drawn with the training frequency)
+    or one of `uniform` draws over the catalogue picks it.
+    """
+    n_items = len(counts) - 1
+    p = counts / max(counts.sum(), 1)
+    missed = (1 - p) ** batch * (1 - 1 / max(n_items, 1)) ** uniform
+    return np.log(np.clip(1 - missed, 1e-12, None))

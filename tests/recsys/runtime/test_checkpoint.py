@@ -1,0 +1,101 @@
+import os
+
+import torch
+
+from recsys.config import config_from_dict
+from recsys.runtime.checkpoint import (
+    has_checkpoint,
+    load_weights,
+    read_checkpoint,
+    restore_training,
+    save_checkpoint,
+)
+
+CONFIG = config_from_dict({"model": {"sasrec": {"max_len": 6, "dim": 8, "layers": 1}}})
+
+
+def _trained_pair():
+    from recsys.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(CONFIG.model, 20)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    loss = model.score(torch.randint(1, 21, (4, 6))).square().mean()
+    loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def _step(model, optimizer):
+    optimizer.zero_grad()
+    model.score(torch.randint(1, 21, (4, 6))).square().mean().backward()
+    optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_restored_training_continues_bit_for_bit(tmp_path):
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "last", model, optimizer, {"epoch": 3, "n_items": 20}, CONFIG)
+    expected = _step(model, optimizer)  # the step an uninterrupted run takes next
+
+    fresh, fresh_opt = _trained_pair()  # same architecture, then overwritten from disk
+    _step(fresh, fresh_opt)  # diverge on purpose, and move the RNG
+    state = restore_training(tmp_path / "last", fresh, fresh_opt)
+    assert state["epoch"] == 3
+    for got, want in zip(_step(fresh, fresh_opt), expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_a_checkpoint_carries_its_config_and_weights(tmp_path):
+    from recsys.models import build_model
+
+    model, _ = _trained_pair()
+    save_checkpoint(tmp_path / "best", model, None, {"n_items": 20}, CONFIG)
+    doc = read_checkpoint(tmp_path / "best")
+    config = config_from_dict(doc["config"])
+    assert config == CONFIG
+    rebuilt = build_model(config.model, doc["state"]["n_items"])
+    load_weights(tmp_path / "best", rebuilt)
+    rebuilt.eval()
+    history = torch.tensor([[1, 2, 3]])
+    assert torch.equal(rebuilt.score(history), model.eval().score(history))
+
+
+def test_a_crash_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path):
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "last", model, optimizer, {"epoch": 1, "n_items": 20}, CONFIG)
+    os.replace(tmp_path / "last", tmp_path / "last.old")  # as if killed mid-swap
+    assert has_checkpoint(tmp_path / "last")
+    assert read_checkpoint(tmp_path / "last")["state"]["epoch"] == 1
+    assert not has_checkpoint(tmp_path / "missing")
+
+
+def test_a_diverged_damaged_or_misfitting_checkpoint_is_refused_naming_the_file(tmp_path):
+    import pytest
+
+    from recsys.models import build_model
+    from recsys.runtime.checkpoint import CheckpointError
+
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "ok", model, optimizer, {"epoch": 1}, CONFIG)
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    save_checkpoint(tmp_path / "nan", model, optimizer, {"epoch": 1}, CONFIG)
+    with pytest.raises(CheckpointError, match=r"nan/model\.safetensors.*NaN or infinite"):
+        load_weights(tmp_path / "nan", model)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        restore_training(tmp_path / "nan", model, optimizer)
+
+    weights = tmp_path / "ok" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match=r"ok/model\.safetensors: damaged checkpoint"):
+        load_weights(tmp_path / "ok", model)
+    (tmp_path / "ok" / "state.json").write_text('{"state": ')
+    with pytest.raises(CheckpointError, match=r"state\.json: damaged checkpoint state"):
+        read_checkpoint(tmp_path / "ok")
+
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "small", model, optimizer, {"epoch": 1}, CONFIG)
+    other = build_model(CONFIG.model, 30)  # a catalogue of another size
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        load_weights(tmp_path / "small", other)
