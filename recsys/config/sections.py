@@ -192,6 +192,12 @@ class TrainConfig:
     keep_freed_memory: bool = False  # faster CPU epochs, more peak RSS (recsys/runtime/memory.py)
     on_nan: Literal["stop", "skip_step"] = "stop"  # a non-finite loss: stop the run with an
     # ^ error, or skip that optimizer step (an epoch with no finite step still stops)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"  # LR after the warmup:
+    # ^ constant, or decaying to 0 at the last step of `epochs` (linearly or by cosine)
+    warmup_steps: NonNegative = 0  # optimizer steps of linear LR warmup from 0
+    grad_accum: Count = 1  # batches whose gradients add up before each optimizer step
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under bf16 autocast
+    device: Literal["cpu", "cuda"] = "cpu"  # where the model, its task and batches live
 
 
 @dataclass(frozen=True)
