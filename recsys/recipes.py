@@ -92,16 +92,16 @@ def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
 def training_task(config: Config, dataset: Dataset, split: Split, model: nn.Module):
     """The batches and loss that train `model` (see recsys.tasks.retrieval, recsys.tasks.ctr)."""
     if _listwise(config):
-        return ListwiseTask(split.train, config.train.batch_size,
+        return ListwiseTask(model, split.train, config.train.batch_size,
                             config.model.reranker.list_size)
     if config.model.name == "reranker":
-        return CtrTask(split.train, config.train.batch_size)
+        return CtrTask(model, split.train, config.train.batch_size)
     if config.model.name == "two_tower":
         nmi = None
         if config.model.two_tower.masking.kind == "correlated":
             nmi = item_feature_nmi(dataset, model.item_tower.feature_names)
-        return TwoTowerTask(config.model.two_tower, split, config.train.batch_size, nmi)
-    return NextItemTask(split, model.max_len, config.train.batch_size)
+        return TwoTowerTask(model, config.model.two_tower, split, config.train.batch_size, nmi)
+    return NextItemTask(model, split, model.max_len, config.train.batch_size)
 
 
 def item_feature_nmi(dataset: Dataset, features: tuple[str, ...]) -> np.ndarray:

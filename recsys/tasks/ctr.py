@@ -18,10 +18,12 @@ from recsys.data.ctr import CtrPart
 from recsys.inputs.reranker import part_tensors
 
 
-class CtrTask:
+class CtrTask(nn.Module):
     """Every training row once per epoch, in random order; loss = mean BCE on the logits."""
 
-    def __init__(self, part: CtrPart, batch_size: int):
+    def __init__(self, model: nn.Module, part: CtrPart, batch_size: int):
+        super().__init__()
+        self.model = model
         self.tensors = part_tensors(part)
         self.rows = len(part)
         self.batch_size = batch_size
@@ -36,6 +38,7 @@ class CtrTask:
             rows = order[start : start + self.batch_size]
             yield tuple(t[rows] for t in self.tensors)
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def forward(self, batch) -> torch.Tensor:
+        """The mean BCE of a `batches()` batch (a scalar)."""
         *inputs, labels = batch
-        return F.binary_cross_entropy_with_logits(model(*inputs), labels)
+        return F.binary_cross_entropy_with_logits(self.model(*inputs), labels)

@@ -31,10 +31,13 @@ def sample_columns(positive: torch.Tensor, valid: torch.Tensor, size: int) -> to
     return keys.argsort(dim=1)[:, :size]
 
 
-class ListwiseTask:
-    """Every training list once per epoch, in random order; loss = listwise softmax."""
+class ListwiseTask(nn.Module):
+    """Every training list once per epoch, in random order; loss = listwise softmax of the
+    model's `score_lists`."""
 
-    def __init__(self, lists: CandidateLists, batch_size: int, list_size: int):
+    def __init__(self, model: nn.Module, lists: CandidateLists, batch_size: int, list_size: int):
+        super().__init__()
+        self.model = model
         self.tensors = list_tensors(lists)
         self.positive = torch.as_tensor(lists.positive)
         self.rows = len(lists)
@@ -57,7 +60,8 @@ class ListwiseTask:
                    features.gather(1, cols[..., None].expand(-1, -1, features.shape[-1])),
                    valid.gather(1, cols))
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def forward(self, batch) -> torch.Tensor:
+        """The mean listwise softmax loss of a `batches()` batch (a scalar)."""
         users, items, history, features, valid = batch
-        logits = model.score_lists(users, items, history, features)  # (B, n)
+        logits = self.model.score_lists(users, items, history, features)  # (B, n)
         return listwise_softmax(logits, torch.zeros(len(users), dtype=torch.long), valid)

@@ -1,7 +1,9 @@
 """Training tasks: how a model's batches are cut from the split and which loss they feed.
 
-The one training loop (`recsys.train.loop`) asks a task for the batches of an epoch and for the loss
-of each; the models stay free of both. Shuffling uses the global torch RNG, which checkpoints
+A task is an `nn.Module` that holds its model: `task(batch)` is the loss, so a wrapper that
+works through `forward` (DDP, a sparsity mask) wraps the task. The one training loop
+(`recsys.train.loop`) asks it for the batches of an epoch and the loss of each; the models stay
+free of both. Shuffling uses the global torch RNG, which checkpoints
 save and restore, so a resumed run draws the same batches as an uninterrupted one.
 """
 
@@ -20,10 +22,12 @@ from recsys.data.split import Split
 from recsys.losses import full_softmax_cross_entropy, info_nce, sampled_softmax
 
 
-class NextItemTask:
+class NextItemTask(nn.Module):
     """SASRec+ recipe: windows of each history, full softmax over the catalogue at each position."""
 
-    def __init__(self, split: Split, max_len: int, batch_size: int):
+    def __init__(self, model: nn.Module, split: Split, max_len: int, batch_size: int):
+        super().__init__()
+        self.model = model
         self.max_len = max_len
         self.windows = training_windows(split.train, max_len)
         self.lengths = np.array([len(w) for w in self.windows])
@@ -40,14 +44,15 @@ class NextItemTask:
             chosen = [self.windows[w] for w in batches[b]]
             yield tuple(map(torch.as_tensor, next_item_pairs(chosen, self.max_len)))
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def forward(self, batch) -> torch.Tensor:
+        """The mean next-item cross-entropy of a `batches()` batch (a scalar)."""
         inputs, targets = batch
         labelled = targets > 0
-        return full_softmax_cross_entropy(model.position_scores(inputs, labelled),
+        return full_softmax_cross_entropy(self.model.position_scores(inputs, labelled),
                                           targets[labelled])
 
 
-class TwoTowerTask:
+class TwoTowerTask(nn.Module):
     """(history prefix, next item) examples, sampled softmax with logQ, optional SSL masking.
 
     Every position t >= 1 of a user's training sequence is one example: the user tower reads the
@@ -55,19 +60,21 @@ class TwoTowerTask:
     plus `uniform_negatives` items drawn uniformly; the SSL loss reads its own uniform items.
     """
 
-    def __init__(self, config: TwoTowerConfig, split: Split, batch_size: int,
-                 nmi: np.ndarray | None = None):
+    def __init__(self, model: nn.Module | None, config: TwoTowerConfig, split: Split,
+                 batch_size: int, nmi: np.ndarray | None = None):
+        super().__init__()
+        self.model = model
         self.config = config
-        self.train = split.train
+        self.sequences = split.train  # not self.train: nn.Module.train()
         self.n_items = split.n_items
         self.batch_size = batch_size
         self.nmi = nmi
         lengths = np.array([len(s) for s in split.train])
         self.rows = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
         self.ends = np.concatenate([np.arange(1, n) for n in lengths] + [np.zeros(0, np.int64)])
-        self.log_q = torch.as_tensor(
-            _log_inclusion(split.train_item_counts, batch_size, config.uniform_negatives),
-            dtype=torch.float32)
+        log_q = _log_inclusion(split.train_item_counts, batch_size, config.uniform_negatives)
+        self.register_buffer("log_q", torch.as_tensor(log_q, dtype=torch.float32),
+                             persistent=False)
         if config.masking.kind == "correlated" and nmi is None:
             raise ValueError("correlated feature masking needs the feature NMI matrix")
 
@@ -81,12 +88,14 @@ class TwoTowerTask:
         batches = length_batches(order, lengths, self.batch_size)
         for b in torch.randperm(len(batches)).tolist():
             rows, ends = self.rows[batches[b]], self.ends[batches[b]]
-            history = pad_left([self.train[r][:e] for r, e in zip(rows, ends, strict=True)],
+            history = pad_left([self.sequences[r][:e] for r, e in zip(rows, ends, strict=True)],
                                self.config.max_len)
-            targets = np.array([self.train[r][e] for r, e in zip(rows, ends, strict=True)])
+            targets = np.array([self.sequences[r][e] for r, e in zip(rows, ends, strict=True)])
             yield torch.as_tensor(history), torch.as_tensor(rows), torch.as_tensor(targets)
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def forward(self, batch) -> torch.Tensor:
+        """Sampled softmax (+ the SSL loss) of a `batches()` batch (a scalar)."""
+        model = self.model
         history, users, targets = batch
         cfg = self.config
         negatives = torch.randint(1, self.n_items + 1, (cfg.uniform_negatives,))

@@ -159,12 +159,12 @@ def _one_epoch(model: nn.Module, optimizer, task, epoch: int, step: int,
                on_nan: str) -> tuple[float, int]:
     """One pass over the task's batches (in random order) after `step` earlier steps; returns
     the mean finite batch loss and the number of steps skipped for a non-finite loss."""
-    model.train()
+    task.train()  # the model inside it too
     total, skipped = 0.0, 0
     bar = tqdm(task.batches(), total=len(task), desc=f"epoch {epoch + 1}", leave=False,
                disable=None)
     for i, batch in enumerate(bar):
-        loss = task.loss(model, batch)
+        loss = task(batch)
         optimizer.zero_grad(set_to_none=True)
         value = loss.item()
         problem = None if math.isfinite(value) else f"training loss is {value}"

@@ -140,7 +140,7 @@ def _two_tower_config(config, tiny_model_dir, tmp_path, **two_tower):
 def test_task_yields_every_training_transition_once_per_epoch(config, tiny_model_dir, tmp_path):
     cfg = _two_tower_config(config, tiny_model_dir, tmp_path)
     _, split = load_data(cfg)
-    task = TwoTowerTask(cfg.model.two_tower, split, batch_size=16)
+    task = TwoTowerTask(None, cfg.model.two_tower, split, batch_size=16)  # batches only
     seen = []
     for history, users, targets in task.batches():
         for h, u, t in zip(history.numpy(), users.numpy(), targets.numpy(), strict=True):
@@ -227,7 +227,7 @@ def test_users_with_a_single_interaction_give_no_training_example():
     rows = [("solo", "a", 1), *(("u", item, t) for t, item in enumerate("abcde", start=1))]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     split = leave_one_out(frame, pd.Series(list("abcde")))
-    task = TwoTowerTask(TwoTowerConfig(max_len=4), split, batch_size=8)
+    task = TwoTowerTask(None, TwoTowerConfig(max_len=4), split, batch_size=8)  # batches only
     batches = list(task.batches())
     assert len(task) == 1 and len(batches) == 1
     history, users, targets = batches[0]
