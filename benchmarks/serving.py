@@ -180,6 +180,8 @@ async def load(port: int, ids: list[str], connections: int, seconds: float, warm
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="../shared/data",
+                        help="unused: the store is synthetic or --store (kept for common flags)")
     parser.add_argument("--store", help="an existing store (default: a synthetic one)")
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=64)
