@@ -23,8 +23,9 @@ lint: install
 	$(BIN)/ruff check recsys features serving tests benchmarks
 	$(BIN)/lint-imports
 
+# CI runs this: the tests a plain `pytest` runs (pyproject addopts) plus the distributed ones.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m 'not slow and not gpu'
 
 bench: install
 	$(BIN)/python benchmarks/retrieval.py --dataset ml-100k --config configs/ml100k_sasrec.yaml

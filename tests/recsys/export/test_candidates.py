@@ -263,6 +263,7 @@ def test_a_killed_export_resumes_to_the_same_files(run, tmp_path):
     assert _files(out) == _files(tmp_path / "clean")
 
 
+@pytest.mark.distributed
 def test_torchrun_with_two_processes_writes_the_single_process_export(run, tmp_path):
     done = subprocess.run(
         _cli(run, tmp_path / "two", "-m", "torch.distributed.run", "--standalone",
