@@ -1,14 +1,19 @@
-"""Data and models of a run: load the split, build the model it needs, reload a finished run.
+"""The one table of model kinds: how each one's data, model, training task, evaluation and
+artifacts are made, and how a finished run is rebuilt from its dir.
 
-Retrieval models train on the leave-one-out `Split` and are selected on valid NDCG@10; the
-reranker (a CTR model) trains on a temporal `CtrSplit` and is selected on valid AUC, or, with
-`model.reranker.task: listwise`, on a retriever's candidate lists (`RerankData`) and is selected
-on the valid NDCG@10 of retrieval + rerank. The functions here hide that from the training loop.
+A row of `RECIPES` is keyed by (model name, the model section's `task` or None): the reranker
+trains either as a CTR model on a temporal `CtrSplit` (selected on valid AUC) or listwise on a
+retriever's candidate lists (`RerankData`, selected on the valid NDCG@10 of retrieval + rerank);
+the retrieval models train on the leave-one-out `Split` and are selected on valid NDCG@10.
+Nothing outside this table asks which model a config names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,27 +33,145 @@ from recsys.eval.retrieval import evaluate
 from recsys.inputs.rerank_lists import RerankData
 from recsys.inputs.reranker import build_reranker_inputs
 from recsys.inputs.two_tower import build_tower_inputs
-from recsys.models import build_model
+from recsys.models import Popularity, Reranker, SASRec, TwoTower
 from recsys.runtime.checkpoint import load_weights, read_checkpoint
 from recsys.tasks.ctr import CtrTask
 from recsys.tasks.listwise import ListwiseTask
 from recsys.tasks.retrieval import NextItemTask, TwoTowerTask
 
+TrainData = Split | CtrSplit | RerankData  # what a kind trains and is evaluated on
 
-def load_data(config: Config) -> tuple[Dataset, Split | CtrSplit]:
-    """Prepare the dataset if needed, load and validate it, and split it: leave-one-out, or
-    labelled and by time for the reranker (`data.ctr`)."""
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one kind of model is trained, evaluated and kept (a row of `RECIPES`)."""
+
+    split: Callable[[Config, Dataset], TrainData]  # its training data from the dataset
+    model: Callable[[Any, Dataset, TrainData], nn.Module]  # built from its own config section
+    task: Callable[[Config, Dataset, TrainData, nn.Module], nn.Module]  # the loss module
+    evaluate: Callable[[Config, nn.Module, TrainData, str], dict[str, float]]
+    selection: str  # the valid metric (higher is better) that picks the epoch and stops early
+    artifacts: Callable[[Config, nn.Module, TrainData, Path], list[Path]] = (
+        lambda config, model, data, folder: [])  # files a finished run writes besides metrics
+
+
+def _leave_one_out(config: Config, dataset: Dataset) -> Split:
+    return leave_one_out(dataset.interactions, dataset.items["item_id"], config.data.cold_items)
+
+
+def _ctr_split(config: Config, dataset: Dataset) -> CtrSplit:
+    ctr = config.data.ctr
+    return ctr_split(dataset.interactions, dataset.items["item_id"], ctr.positive_min,
+                     ctr.negative_max, ctr.valid_from, ctr.test_from,
+                     config.model.reranker.max_len)
+
+
+def _two_tower(section, dataset: Dataset, split: Split) -> TwoTower:
+    inputs = build_tower_inputs(section, dataset.items, dataset.users, split.users.ids,
+                                split.train_item_counts)
+    return TwoTower(section, split.n_items, inputs)
+
+
+def _reranker(section, dataset: Dataset, split: CtrSplit | RerankData) -> Reranker:
+    return Reranker(section, build_reranker_inputs(section, dataset.items, dataset.users, split))
+
+
+def _two_tower_task(config: Config, dataset: Dataset, split: Split, model: TwoTower):
+    section = config.model.two_tower
+    nmi = None
+    if section.masking.kind == "correlated":
+        nmi = item_feature_nmi(dataset, model.item_tower.feature_names)
+    return TwoTowerTask(model, section, split, config.train.batch_size, nmi)
+
+
+def _ranking(config: Config, model: nn.Module, split: Split, which: str) -> dict[str, float]:
+    return evaluate(model, split, which, config.eval)
+
+
+RECIPES: dict[tuple[str, str | None], Recipe] = {
+    ("popularity", None): Recipe(
+        split=_leave_one_out,
+        model=lambda section, dataset, split: Popularity(
+            section, split.n_items, torch.as_tensor(split.train_item_counts)),
+        task=lambda config, dataset, split, model: None,  # nothing to train
+        evaluate=_ranking, selection="ndcg@10"),
+    ("sasrec", None): Recipe(
+        split=_leave_one_out,
+        model=lambda section, dataset, split: SASRec(section, split.n_items),
+        task=lambda config, dataset, split, model: NextItemTask(
+            model, split, model.max_len, config.train.batch_size),
+        evaluate=_ranking, selection="ndcg@10"),
+    ("two_tower", None): Recipe(
+        split=_leave_one_out, model=_two_tower, task=_two_tower_task, evaluate=_ranking,
+        selection="ndcg@10"),
+    ("reranker", "ctr"): Recipe(
+        split=_ctr_split, model=_reranker,
+        task=lambda config, dataset, split, model: CtrTask(
+            model, split.train, config.train.batch_size),
+        evaluate=lambda config, model, split, which: evaluate_ctr(model, split, which),
+        selection=CTR_SELECT,
+        artifacts=lambda config, model, split, folder: write_calibration(
+            model, split, "test", folder)),
+    ("reranker", "listwise"): Recipe(
+        split=lambda config, dataset: rerank_data(config, dataset.interactions),
+        model=_reranker,
+        task=lambda config, dataset, split, model: ListwiseTask(
+            model, split.train, config.train.batch_size, config.model.reranker.list_size),
+        evaluate=lambda config, model, split, which: evaluate_rerank(
+            model, split, which, config.eval.ks),
+        selection="ndcg@10"),
+}
+
+
+def recipe_of(config: Config) -> Recipe:
+    """The row of `config`'s model: its name, and its section's `task` where it has one."""
+    section = model_section(config)
+    key = (config.model.name, getattr(section, "task", None))
+    if key not in RECIPES:
+        known = ", ".join(name if task is None else f"{name} (task {task})"
+                          for name, task in RECIPES)
+        raise ValueError(f"config key 'model.name': no recipe for {key}; known: {known}")
+    return RECIPES[key]
+
+
+def model_section(config: Config) -> Any:
+    """The config section of the model `config` names (`model.<name>`)."""
+    return getattr(config.model, config.model.name, None)
+
+
+def load_data(config: Config) -> tuple[Dataset, TrainData]:
+    """Prepare the dataset if needed, load and validate it, and cut the model's training data."""
+    recipe = recipe_of(config)  # an unknown model fails before any work
     data = config.data
     dataset = load_dataset(ensure_dataset(data.source, data.raw, data.dir, data.mapping))
-    if _listwise(config):
-        return dataset, rerank_data(config, dataset.interactions)
-    if config.model.name == "reranker":
-        ctr = data.ctr
-        return dataset, ctr_split(dataset.interactions, dataset.items["item_id"],
-                                  ctr.positive_min, ctr.negative_max, ctr.valid_from,
-                                  ctr.test_from, config.model.reranker.max_len)
-    split = leave_one_out(dataset.interactions, dataset.items["item_id"], data.cold_items)
-    return dataset, split
+    return dataset, recipe.split(config, dataset)
+
+
+def new_model(config: Config, dataset: Dataset, split: TrainData) -> nn.Module:
+    """A freshly initialised model of `config.model` for this data (seed the RNG first)."""
+    return recipe_of(config).model(model_section(config), dataset, split)
+
+
+def training_task(config: Config, dataset: Dataset, split: TrainData, model: nn.Module):
+    """The task module whose `forward(batch)` is `model`'s loss (see recsys.tasks)."""
+    return recipe_of(config).task(config, dataset, split, model)
+
+
+def evaluate_model(config: Config, model: nn.Module, split: TrainData,
+                   which: str) -> dict[str, float]:
+    """The run's metrics on `which` ("valid" or "test")."""
+    return recipe_of(config).evaluate(config, model, split, which)
+
+
+def selection_metric(config: Config) -> str:
+    """The validation metric (higher is better) that picks the best epoch and stops early."""
+    return recipe_of(config).selection
+
+
+def run_artifacts(config: Config, model: nn.Module, split: TrainData,
+                  folder: Path) -> list[Path]:
+    """Model-kind specific files of a finished run (the test calibration of a CTR model)."""
+    return recipe_of(config).artifacts(config, model, split, folder)
 
 
 def rerank_data(config: Config, interactions: pd.DataFrame | None = None) -> RerankData:
@@ -72,65 +195,9 @@ def rerank_data(config: Config, interactions: pd.DataFrame | None = None) -> Rer
                       interactions)
 
 
-def _listwise(config: Config) -> bool:
-    return config.model.name == "reranker" and config.model.reranker.task == "listwise"
-
-
-def new_model(config: Config, dataset: Dataset, split: Split) -> nn.Module:
-    """A freshly initialised model of `config.model` for this data (seed the RNG first)."""
-    if config.model.name == "reranker":
-        inputs = build_reranker_inputs(config.model.reranker, dataset.items, dataset.users, split)
-        return build_model(config.model, split.n_items, inputs=inputs)
-    counts = torch.as_tensor(split.train_item_counts)
-    inputs = None
-    if config.model.name == "two_tower":
-        inputs = build_tower_inputs(config.model.two_tower, dataset.items, dataset.users,
-                                    split.users.ids, split.train_item_counts)
-    return build_model(config.model, split.n_items, counts, inputs)
-
-
-def training_task(config: Config, dataset: Dataset, split: Split, model: nn.Module):
-    """The batches and loss that train `model` (see recsys.tasks.retrieval, recsys.tasks.ctr)."""
-    if _listwise(config):
-        return ListwiseTask(model, split.train, config.train.batch_size,
-                            config.model.reranker.list_size)
-    if config.model.name == "reranker":
-        return CtrTask(model, split.train, config.train.batch_size)
-    if config.model.name == "two_tower":
-        nmi = None
-        if config.model.two_tower.masking.kind == "correlated":
-            nmi = item_feature_nmi(dataset, model.item_tower.feature_names)
-        return TwoTowerTask(model, config.model.two_tower, split, config.train.batch_size, nmi)
-    return NextItemTask(model, split, model.max_len, config.train.batch_size)
-
-
 def item_feature_nmi(dataset: Dataset, features: tuple[str, ...]) -> np.ndarray:
     """(F, F) normalised mutual information between the item features, over the item table."""
     return mutual_information(attribute_codes(dataset.items, features))
-
-
-def evaluate_model(config: Config, model: nn.Module, split: Split | CtrSplit,
-                   which: str) -> dict[str, float]:
-    """The run's metrics on `which` ("valid" or "test"): ranking metrics, or CTR metrics."""
-    if _listwise(config):
-        return evaluate_rerank(model, split, which, config.eval.ks)
-    if config.model.name == "reranker":
-        return evaluate_ctr(model, split, which)
-    return evaluate(model, split, which, config.eval)
-
-
-def selection_metric(config: Config) -> str:
-    """The validation metric (higher is better) that picks the best epoch and stops early."""
-    return CTR_SELECT if config.model.name == "reranker" and not _listwise(config) \
-        else "ndcg@10"
-
-
-def run_artifacts(config: Config, model: nn.Module, split: Split | CtrSplit,
-                  folder: Path) -> list[Path]:
-    """Model-kind specific files of a finished run (the test calibration of a CTR model)."""
-    if config.model.name == "reranker" and not _listwise(config):
-        return write_calibration(model, split, "test", folder)
-    return []
 
 
 def check_dataset(recorded: str | None, dataset: Dataset, run: Path) -> None:

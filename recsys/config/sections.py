@@ -7,6 +7,7 @@ raises `_Invalid` from `__post_init__`, naming the key to change.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -171,11 +172,17 @@ class RerankerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["popularity", "sasrec", "two_tower", "reranker"] = "sasrec"
+    name: str = "sasrec"  # the model: one of the sections below, which holds its settings (how
+    # ^ it trains is the row of recsys.recipes.RECIPES for that name)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
+
+    def __post_init__(self):
+        models = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        if self.name not in models:
+            raise _Invalid("name", f"{self.name!r} is not one of {', '.join(map(repr, models))}")
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ CONFIG = config_from_dict({"model": {"sasrec": {"max_len": 6, "dim": 8, "layers"
 
 
 def _trained_pair():
-    from recsys.models import build_model
+    from recsys.models import SASRec
 
     torch.manual_seed(0)
-    model = build_model(CONFIG.model, 20)
+    model = SASRec(CONFIG.model.sasrec, 20)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     loss = model.score(torch.randint(1, 21, (4, 6))).square().mean()
     loss.backward()
@@ -47,14 +47,14 @@ def test_restored_training_continues_bit_for_bit(tmp_path):
 
 
 def test_a_checkpoint_carries_its_config_and_weights(tmp_path):
-    from recsys.models import build_model
+    from recsys.models import SASRec
 
     model, _ = _trained_pair()
     save_checkpoint(tmp_path / "best", model, None, {"n_items": 20}, CONFIG)
     doc = read_checkpoint(tmp_path / "best")
     config = config_from_dict(doc["config"])
     assert config == CONFIG
-    rebuilt = build_model(config.model, doc["state"]["n_items"])
+    rebuilt = SASRec(config.model.sasrec, doc["state"]["n_items"])
     load_weights(tmp_path / "best", rebuilt)
     rebuilt.eval()
     history = torch.tensor([[1, 2, 3]])
@@ -73,7 +73,7 @@ def test_a_crash_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path)
 def test_a_diverged_damaged_or_misfitting_checkpoint_is_refused_naming_the_file(tmp_path):
     import pytest
 
-    from recsys.models import build_model
+    from recsys.models import SASRec
     from recsys.runtime.checkpoint import CheckpointError
 
     model, optimizer = _trained_pair()
@@ -96,6 +96,6 @@ def test_a_diverged_damaged_or_misfitting_checkpoint_is_refused_naming_the_file(
 
     model, optimizer = _trained_pair()
     save_checkpoint(tmp_path / "small", model, optimizer, {"epoch": 1}, CONFIG)
-    other = build_model(CONFIG.model, 30)  # a catalogue of another size
+    other = SASRec(CONFIG.model.sasrec, 30)  # a catalogue of another size
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_weights(tmp_path / "small", other)
