@@ -56,7 +56,10 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict (tuples as lists) that YAML/JSON can store and `config_from_dict` reads."""
-    return _plain(dataclasses.asdict(config))
+    plain = _plain(dataclasses.asdict(config))
+    if isinstance(config, Config):  # only the run's own model section is written and logged
+        plain["model"] = {key: value for key, value in plain["model"].items() if value is not None}
+    return plain
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

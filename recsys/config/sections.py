@@ -8,6 +8,7 @@ raises `_Invalid` from `__post_init__`, naming the key to change.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -172,17 +173,25 @@ class RerankerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model a run trains and its one settings section; the other models' sections are
+    None (a config holds, writes and logs only its own model's section)."""
+
     name: str = "sasrec"  # the model: one of the sections below, which holds its settings (how
     # ^ it trains is the row of recsys.recipes.RECIPES for that name)
-    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
-    popularity: PopularityConfig = field(default_factory=PopularityConfig)
-    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
-    reranker: RerankerConfig = field(default_factory=RerankerConfig)
+    sasrec: SASRecConfig | None = None
+    popularity: PopularityConfig | None = None
+    two_tower: TwoTowerConfig | None = None
+    reranker: RerankerConfig | None = None
 
     def __post_init__(self):
-        models = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        models = {f.name: f.type for f in dataclasses.fields(self) if f.name != "name"}
         if self.name not in models:
             raise _Invalid("name", f"{self.name!r} is not one of {', '.join(map(repr, models))}")
+        for other in models.keys() - {self.name}:
+            object.__setattr__(self, other, None)
+        if getattr(self, self.name) is None:  # the model's defaults
+            section = typing.get_type_hints(ModelConfig)[self.name].__args__[0]
+            object.__setattr__(self, self.name, section())
 
 
 @dataclass(frozen=True)

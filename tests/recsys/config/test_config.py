@@ -115,3 +115,12 @@ def test_yaml_syntax_errors_name_the_file_or_override_and_the_line(tmp_path):
     path.write_bytes(b"train:\n  lr: \xff\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path)
+
+
+def test_a_config_holds_only_its_own_models_section():
+    from recsys.config import TwoTowerConfig
+
+    config = config_from_dict({"model": {"name": "two_tower", "sasrec": {"dim": 8}}})
+    assert config.model.sasrec is None and config.model.two_tower == TwoTowerConfig()
+    assert set(config_to_dict(config)["model"]) == {"name", "two_tower"}  # written and logged
+    assert config_from_dict(config_to_dict(config)) == config
