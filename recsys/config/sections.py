@@ -190,7 +190,7 @@ class ModelConfig:
         for other in models.keys() - {self.name}:
             object.__setattr__(self, other, None)
         if getattr(self, self.name) is None:  # the model's defaults
-            section = typing.get_type_hints(ModelConfig)[self.name].__args__[0]
+            section = typing.get_type_hints(type(self))[self.name].__args__[0]
             object.__setattr__(self, self.name, section())
 
 

@@ -5,9 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from recsys.config import ModelConfig, config_from_dict
+from recsys.config import ModelConfig, config_from_dict, config_to_dict
 from recsys.recipes import RECIPES, recipe_of, selection_metric
+from recsys.train.loop import fit
 
 RECSYS = Path(__file__).resolve().parents[2] / "recsys"
 
@@ -30,3 +32,40 @@ def test_no_module_but_the_table_compares_the_model_name():
              for n, line in enumerate(path.read_text().splitlines(), 1)
              if asks.search(line) and path.name != "recipes.py"]
     assert found == []
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    dim: int = 16  # item embedding size
+
+
+class Toy(torch.nn.Module):
+    """Scores the next item from the last one alone: a bigram model over item embeddings."""
+
+    max_len = 12
+
+    def __init__(self, config: ToyConfig, n_items: int):
+        super().__init__()
+        self.items = torch.nn.Embedding(n_items + 1, config.dim, padding_idx=0)
+
+    def position_scores(self, inputs, labelled):  # (B, L), (B, L) -> (labelled, n_items + 1)
+        return self.items(inputs)[labelled] @ self.items.weight.T
+
+    def score(self, history, users=None):  # (B, L) -> (B, n_items + 1)
+        return self.items(history[:, -1]) @ self.items.weight.T
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyModelConfig(ModelConfig):
+    toy: ToyConfig | None = None
+
+
+def test_a_toy_model_added_as_a_section_a_module_and_one_row_trains(config, monkeypatch):
+    sasrec = RECIPES[("sasrec", None)]
+    monkeypatch.setitem(RECIPES, ("toy", None), dataclasses.replace(
+        sasrec, model=lambda section, dataset, split: Toy(section, split.n_items)))
+    toy = dataclasses.replace(config, model=ToyModelConfig(name="toy"))
+    result = fit(toy)
+    assert result.metrics["model"] == "toy" and result.metrics["epochs"] == config.train.epochs
+    assert result.metrics["test"]["ndcg@10"] > 0.5  # the successor pattern is a bigram
+    assert config_to_dict(toy)["model"] == {"name": "toy", "toy": {"dim": 16}}
