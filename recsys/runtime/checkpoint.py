@@ -1,8 +1,14 @@
 """Checkpoints: safetensors tensors + one JSON state file, written atomically.
 
-A checkpoint dir holds `model.safetensors`, `optimizer.safetensors` (tensor part of the optimizer
-state and the torch RNG state) and `state.json` (epoch, step, early-stopping state, optimizer
-hyper-parameters and the resolved config), so a model can be rebuilt from it alone.
+A checkpoint dir holds `model.safetensors` (the weights), `optimizer.safetensors` (every other
+tensor of the training state, by prefix: `opt.` the optimizer's, `rng.` the torch CPU and CUDA RNG
+states, `hook.<name>.` the training hooks') and `state.json`: the loop's state (epoch, optimizer
+step, early stopping), the JSON parts of the optimizer, LR schedule and each hook's state, and the
+resolved config, so a model can be rebuilt from the checkpoint alone.
+
+A hook's state (a dict whose leaves are JSON values or tensors, nested dicts allowed) is stored as
+`"hooks": {name: {"state": <the dict less its tensors>, "tensors": {file key: [path of keys]}}}`,
+its tensors under `hook.<name>.<dotted path>` in `optimizer.safetensors`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from recsys.config import Config, config_to_dict
 
@@ -27,17 +35,22 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any],
-    config: Config,
+    config: Config, scheduler: LRScheduler | None = None, hooks: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a complete checkpoint at `path`, replacing any old one only once the new is whole."""
+    """Write a complete checkpoint at `path`, replacing any old one only once the new is whole.
+    `hooks` maps each training hook's name to the hook (anything with `state_dict()`)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()},
+              tmp / "model.safetensors")
     tensors, opt_meta = _split_optimizer(optimizer)
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(_rng_states())
+    hook_meta = _split_hooks(hooks or {}, tensors)
     save_file(tensors, tmp / "optimizer.safetensors")
-    doc = {"state": state, "optimizer": opt_meta, "config": config_to_dict(config)}
+    doc = {"state": state, "optimizer": opt_meta, "config": config_to_dict(config),
+           "scheduler": scheduler.state_dict() if scheduler is not None else None,
+           "hooks": hook_meta}
     (tmp / "state.json").write_text(json.dumps(doc, indent=1))  # inside tmp: atomic via rename
     _swap_in(tmp, path)
 
@@ -51,15 +64,24 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: damaged checkpoint state ({err})") from None
 
 
-def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    """Load weights, optimizer and RNG state in place; returns the training state dict."""
+def restore_training(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+    scheduler: LRScheduler | None = None, hooks: Mapping[str, Any] | None = None,
+) -> dict:
+    """Load weights, optimizer, LR schedule, RNG and hook states in place; returns the training
+    state dict. `hooks` must be the hooks the checkpoint was written with, by name."""
     path = _existing(path)
     doc = read_checkpoint(path)
     load_weights(path, model)
     tensors = _read_tensors(path / "optimizer.safetensors")
-    torch.set_rng_state(tensors.pop("rng.torch"))
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     if optimizer is not None:
         optimizer.load_state_dict(_join_optimizer(tensors, doc["optimizer"]))
+    if scheduler is not None and doc.get("scheduler") is not None:  # none before schedules
+        scheduler.load_state_dict(doc["scheduler"])
+    _load_hooks(hooks or {}, doc.get("hooks", {}), tensors, path)
     return doc["state"]
 
 
@@ -96,7 +118,7 @@ def _split_optimizer(optimizer: torch.optim.Optimizer | None) -> tuple[dict, dic
     for pid, slots in sd["state"].items():
         for name, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"opt.{pid}.{name}"] = value.contiguous()
+                tensors[f"opt.{pid}.{name}"] = value.cpu().contiguous()
             else:
                 scalars[f"{pid}.{name}"] = value
     return tensors, {"state": scalars, "param_groups": sd["param_groups"]}
@@ -105,12 +127,74 @@ def _split_optimizer(optimizer: torch.optim.Optimizer | None) -> tuple[dict, dic
 def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
+        if not key.startswith("opt."):
+            continue
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = value
     for key, value in meta["state"].items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    """The torch RNG states: CPU (shuffling, CPU dropout) and, once used, CUDA (GPU dropout)."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["rng.cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _split_hooks(hooks: Mapping[str, Any], tensors: dict[str, torch.Tensor]) -> dict:
+    """Each hook's state_dict -> its JSON entry; its tensors go into `tensors`."""
+    meta = {}
+    for name, hook in hooks.items():
+        paths: dict[str, list[str]] = {}
+        rest = _pull_tensors(hook.state_dict(), ("hook", name), tensors, paths)
+        try:
+            json.dumps(rest)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"training hook {name!r}: its state_dict() holds a value that is "
+                            f"neither a tensor nor JSON ({err})") from None
+        meta[name] = {"state": rest, "tensors": paths}
+    return meta
+
+
+def _pull_tensors(tree: dict, path: tuple[str, ...], tensors: dict[str, torch.Tensor],
+                  paths: dict[str, list[str]]) -> dict:
+    """`tree` less its tensor leaves, which go to `tensors` under their dotted path (the path's
+    keys to `paths`: a dotted key alone is ambiguous when the keys hold dots themselves)."""
+    rest = {}
+    for key, value in tree.items():
+        where = (*path, str(key))
+        if torch.is_tensor(value):
+            name = ".".join(where)
+            if name in tensors:
+                raise ValueError(f"training hook state: two tensors map to the key {name!r}")
+            tensors[name] = value.detach().cpu().contiguous()
+            paths[name] = list(where[2:])  # less ("hook", hook name)
+        elif isinstance(value, dict):
+            rest[key] = _pull_tensors(value, where, tensors, paths)
+        else:
+            rest[key] = value
+    return rest
+
+
+def _load_hooks(hooks: Mapping[str, Any], saved: dict, tensors: dict[str, torch.Tensor],
+                path: Path) -> None:
+    """Hand every hook its saved state, its tensors put back where `_split_hooks` took them."""
+    if set(hooks) != set(saved):
+        raise CheckpointError(f"{path}: holds the state of training hooks {sorted(saved)}, but "
+                              f"the run resumes with hooks {sorted(hooks)}: resume it with the "
+                              "hooks it was trained with")
+    for name, hook in hooks.items():
+        state = saved[name]["state"]
+        for key, keys in saved[name]["tensors"].items():
+            node = state
+            for part in keys[:-1]:
+                node = node.setdefault(part, {})
+            node[keys[-1]] = tensors[key]
+        hook.load_state_dict(state)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:

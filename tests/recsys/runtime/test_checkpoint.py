@@ -99,3 +99,78 @@ def test_a_diverged_damaged_or_misfitting_checkpoint_is_refused_naming_the_file(
     other = SASRec(CONFIG.model.sasrec, 30)  # a catalogue of another size
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_weights(tmp_path / "small", other)
+
+
+class _Stateful:
+    """A hook's checkpoint side: anything with state_dict / load_state_dict."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.state = state
+
+
+def test_hook_states_round_trip_by_name_json_in_state_and_tensors_by_prefix(tmp_path):
+    from safetensors.torch import load_file
+
+    model, optimizer = _trained_pair()
+    masks = {"layer.0.weight": torch.tensor([[True, False]]), "bias": torch.tensor([0.5, 1.0])}
+    sparsity = _Stateful({"updates": 3, "history": [0.5, 0.25], "masks": masks, "empty": {}})
+    table = _Stateful({"refreshed_at": None, "vectors": torch.arange(6.0).view(2, 3)})
+    save_checkpoint(tmp_path / "last", model, optimizer, {"epoch": 1}, CONFIG,
+                    hooks={"sparsity": sparsity, "item_table": table})
+    doc = read_checkpoint(tmp_path / "last")
+    assert doc["hooks"]["sparsity"]["state"] == {"updates": 3, "history": [0.5, 0.25],
+                                                 "masks": {}, "empty": {}}
+    tensors = load_file(tmp_path / "last" / "optimizer.safetensors")
+    assert {"hook.sparsity.masks.layer.0.weight", "hook.sparsity.masks.bias",
+            "hook.item_table.vectors"} <= set(tensors)
+
+    fresh = {"sparsity": _Stateful(), "item_table": _Stateful()}
+    restore_training(tmp_path / "last", model, optimizer, hooks=fresh)
+    got = fresh["sparsity"].state
+    assert got["updates"] == 3 and got["history"] == [0.5, 0.25] and got["empty"] == {}
+    assert set(got["masks"]) == {"layer.0.weight", "bias"}  # a dotted key stays one key
+    assert torch.equal(got["masks"]["layer.0.weight"], masks["layer.0.weight"])
+    assert got["masks"]["layer.0.weight"].dtype == torch.bool
+    assert torch.equal(got["masks"]["bias"], masks["bias"])
+    assert fresh["item_table"].state["refreshed_at"] is None
+    assert torch.equal(fresh["item_table"].state["vectors"], table.state["vectors"])
+
+
+def test_a_resume_with_other_hooks_or_unstorable_hook_state_is_refused(tmp_path):
+    import pytest
+
+    from recsys.runtime.checkpoint import CheckpointError
+
+    model, optimizer = _trained_pair()
+    save_checkpoint(tmp_path / "last", model, optimizer, {"epoch": 1}, CONFIG,
+                    hooks={"sparsity": _Stateful({"step": 1})})
+    with pytest.raises(CheckpointError, match=r"hooks \['sparsity'\], but the run resumes with "
+                                              r"hooks \[\]"):
+        restore_training(tmp_path / "last", model, optimizer)
+    with pytest.raises(TypeError, match="training hook 'odd'.*neither a tensor nor JSON"):
+        save_checkpoint(tmp_path / "odd", model, optimizer, {}, CONFIG,
+                        hooks={"odd": _Stateful({"when": object()})})
+
+
+def test_the_lr_schedule_resumes_where_it_stopped(tmp_path):
+    model, optimizer = _trained_pair()
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1))
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    save_checkpoint(tmp_path / "last", model, optimizer, {}, CONFIG, scheduler=schedule)
+    schedule.step()
+    expected = schedule.get_last_lr()
+
+    fresh, fresh_opt = _trained_pair()
+    fresh_schedule = torch.optim.lr_scheduler.LambdaLR(fresh_opt, lambda step: 1 / (step + 1))
+    restore_training(tmp_path / "last", fresh, fresh_opt, fresh_schedule)
+    assert fresh_schedule.last_epoch == 3 and fresh_opt.param_groups[0]["lr"] == 0.01 / 4
+    fresh_schedule.step()
+    assert fresh_schedule.get_last_lr() == expected
