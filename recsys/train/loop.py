@@ -1,8 +1,15 @@
 """`fit(config)`: the one training loop, for every model.
 
 A run lives in `runs/<run_id>/` where run_id is the MLflow run id. After every epoch the loop
-writes `checkpoint/last` (weights, optimizer, RNG, early-stopping state), so `fit(..., resume=dir)`
-continues a killed run and ends exactly where an uninterrupted run would.
+writes `checkpoint/last` (weights, optimizer, LR schedule, RNG, hook and early-stopping state), so
+`fit(..., resume=dir)` continues a killed run and ends exactly where an uninterrupted run would.
+
+One optimizer step takes `train.grad_accum` batches (each batch's loss divided by the size of its
+group, so their gradients add up to the group's mean); the epoch's last, partial group steps too.
+`state["step"]` counts optimizer steps, and the LR schedule (`recsys.train.optimizer`) steps with
+it. `train.precision: bf16` runs forward and loss under bf16 autocast; `train.device: cuda` puts
+the task (and so its model) and every batch on the GPU, while evaluation runs on the CPU.
+Hooks (`recsys.train.hooks`) run at step and epoch boundaries.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +28,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from recsys.config import Config, config_from_dict, config_to_dict, read_yaml
+from recsys.config import Config, ConfigError, config_from_dict, config_to_dict, read_yaml
 from recsys.data.ctr import CtrSplit
 from recsys.data.split import Split
 from recsys.recipes import (
@@ -43,6 +52,8 @@ from recsys.runtime.checkpoint import (
 )
 from recsys.runtime.memory import keep_freed_memory
 from recsys.runtime.plots import training_curve
+from recsys.train.hooks import Hook, LoopContext, by_name
+from recsys.train.optimizer import build_optimizer, build_schedule, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +69,22 @@ class RunResult:
     metrics: dict[str, Any]  # {"valid": {...}, "test": {...}, "epochs": n, ...}
 
 
-def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
+def fit(config: Config | None, resume: str | Path | None = None,
+        hooks: Iterable[Hook] = ()) -> RunResult:
     """Train `config.model`, validate every `eval_every` epochs, stop early, test the best.
 
     The best epoch is the one with the highest validation `selection_metric(config)`: NDCG@10
     for retrieval models, AUC for the reranker.
 
-    With `resume` (a run dir) the run's own config and last checkpoint are used instead.
+    With `resume` (a run dir) the run's own config and last checkpoint are used instead; pass
+    the hooks the run was started with (their states are restored by name).
     A non-finite loss stops the run with `Diverged` (or skips the step: `train.on_nan`).
     """
     if resume is not None:
         config = config_from_dict(read_yaml(Path(resume) / "config.yaml", "run config"))
     cfg = config.train
+    named = by_name(hooks)
+    device = _device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.keep_freed_memory and not keep_freed_memory():
@@ -77,10 +92,6 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
     torch.manual_seed(cfg.seed)
     dataset, split = load_data(config)
     model = new_model(config, dataset, split)
-    trainable = (model.parameter_groups(cfg.lr) if hasattr(model, "parameter_groups")
-                 else [p for p in model.parameters() if p.requires_grad])
-    optimizer = (torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-                 if trainable else None)
     state = {"epoch": 0, "step": 0, "best_valid": -float("inf"), "best_epoch": 0,
              "bad_evals": 0, "selection": selection_metric(config), "history": [],
              "n_items": split.n_items, "done": False,
@@ -96,17 +107,41 @@ def fit(config: Config | None, resume: str | Path | None = None) -> RunResult:
             tracking.log_file(run_dir / "config.yaml")
         else:
             run_dir = Path(resume)
-            if has_checkpoint(run_dir / "checkpoint" / "last"):
-                state = restore_training(run_dir / "checkpoint" / "last", model, optimizer)
-                if "best_ndcg" in state:  # written before the selection metric was named
-                    state["best_valid"] = state.pop("best_ndcg")
-                    state["selection"] = "ndcg@10"
-                log.info("resumed %s at epoch %d", run_dir, state["epoch"])
+        ctx = _training(config, dataset, split, model, device)  # None: nothing to train
+        last = run_dir / "checkpoint" / "last"
+        if resume is not None and has_checkpoint(last):
+            optimizer, scheduler = (ctx.optimizer, ctx.scheduler) if ctx else (None, None)
+            state = restore_training(last, model, optimizer, scheduler, named)
+            if "best_ndcg" in state:  # written before the selection metric was named
+                state["best_valid"] = state.pop("best_ndcg")
+                state["selection"] = "ndcg@10"
+            log.info("resumed %s at epoch %d", run_dir, state["epoch"])
         state["run_id"] = run.info.run_id
-        if optimizer is not None and not state["done"]:
-            task = training_task(config, dataset, split, model)
-            state = _train_epochs(model, optimizer, task, split, config, run_dir, state)
+        if ctx is not None and not state["done"]:
+            state = _train_epochs(ctx, named, split, run_dir, state)
+        model.cpu()  # evaluation and artifacts run on the CPU
         return _finish(model, split, config, run_dir, state)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'train.device': cuda, but torch {torch.__version__} sees "
+                          "no CUDA GPU here (set train.device=cpu)")
+    return torch.device(name)
+
+
+def _training(config: Config, dataset, split: Split | CtrSplit, model: nn.Module,
+              device: torch.device) -> LoopContext | None:
+    """The task, optimizer and LR schedule on `device`, or None when the model has nothing to
+    train. Built before a checkpoint is restored, so nothing here draws from the restored RNG."""
+    model.to(device)
+    optimizer = build_optimizer(model, config.train)
+    if optimizer is None:
+        return None
+    task = training_task(config, dataset, split, model).to(device)
+    epoch_steps = steps_per_epoch(len(task), config.train.grad_accum)
+    scheduler = build_schedule(optimizer, config.train, epoch_steps)
+    return LoopContext(model, task, optimizer, scheduler, config, device)
 
 
 def _resumable(run_dir: Path, dataset) -> str:
@@ -121,21 +156,29 @@ def _resumable(run_dir: Path, dataset) -> str:
     return run_dir.name
 
 
-def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Config,
+def _train_epochs(ctx: LoopContext, hooks: dict[str, Hook], split: Split | CtrSplit,
                   run_dir: Path, state: dict):
+    config, model = ctx.config, ctx.model
     cfg = config.train
     select = state["selection"]
     epochs = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs,
                   desc="train", unit="epoch", disable=None)
+    ctx.step = state["step"]
     for epoch in epochs:
+        ctx.epoch = epoch
+        for hook in hooks.values():
+            hook.on_epoch_start(ctx)
         started = time.perf_counter()
-        loss, skipped = _one_epoch(model, optimizer, task, epoch, state["step"], cfg.on_nan)
+        loss, skipped = _one_epoch(ctx, hooks.values())
+        for hook in hooks.values():
+            hook.on_epoch_end(ctx)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
         if skipped:
             record["skipped_steps"] = skipped
-        state["step"] += len(task)
+        state["step"] = ctx.step
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            valid = evaluate_model(config, model, split, "valid")
+            with _on_cpu(model, ctx.device):
+                valid = evaluate_model(config, model, split, "valid")
             record.update({f"valid_{k}": v for k, v in valid.items()})
             if valid[select] > state["best_valid"]:
                 state.update(best_valid=valid[select], best_epoch=epoch + 1, bad_evals=0)
@@ -146,7 +189,8 @@ def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Confi
         state["epoch"] = epoch + 1
         state["done"] = state["bad_evals"] >= cfg.patience or epoch + 1 == cfg.epochs
         tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
-        save_checkpoint(run_dir / "checkpoint" / "last", model, optimizer, state, config)
+        save_checkpoint(run_dir / "checkpoint" / "last", model, ctx.optimizer, state, config,
+                        ctx.scheduler, hooks)
         epochs.set_postfix(loss=f"{loss:.4f}", **{f"best_{select}": f"{state['best_valid']:.4f}"})
         log.info("epoch %d loss %.4f valid %s %s", epoch + 1, loss, select,
                  record.get(f"valid_{select}", "-"))
@@ -155,38 +199,91 @@ def _train_epochs(model, optimizer, task, split: Split | CtrSplit, config: Confi
     return state
 
 
-def _one_epoch(model: nn.Module, optimizer, task, epoch: int, step: int,
-               on_nan: str) -> tuple[float, int]:
-    """One pass over the task's batches (in random order) after `step` earlier steps; returns
-    the mean finite batch loss and the number of steps skipped for a non-finite loss."""
+@contextmanager
+def _on_cpu(model: nn.Module, device: torch.device):
+    """Evaluation code runs on the CPU: move the model there and back (the parameters stay the
+    same objects, so the optimizer keeps them)."""
+    model.cpu()
+    try:
+        yield
+    finally:
+        model.to(device)
+
+
+def _one_epoch(ctx: LoopContext, hooks: Iterable[Hook]) -> tuple[float, int]:
+    """One pass over the task's batches (in random order), one optimizer step per
+    `train.grad_accum` batches; returns the mean loss of the batches that went into a step and
+    the number of batches that did not (a non-finite loss, or non-finite gradients in their
+    group, under `on_nan: skip_step`)."""
+    cfg, task = ctx.config.train, ctx.task
     task.train()  # the model inside it too
-    total, skipped = 0.0, 0
-    bar = tqdm(task.batches(), total=len(task), desc=f"epoch {epoch + 1}", leave=False,
+    n = len(task)
+    total, used, skipped, group = 0.0, 0, 0, []  # group: finite losses since the last step
+    bar = tqdm(task.batches(), total=n, desc=f"epoch {ctx.epoch + 1}", leave=False,
                disable=None)
+    ctx.optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
-        loss = task(batch)
-        optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        problem = None if math.isfinite(value) else f"training loss is {value}"
-        if problem is None:
-            loss.backward()
-            if on_nan == "skip_step" and not _finite_gradients(optimizer):
-                problem = "gradients are not finite"  # a step would poison the weights
-        if problem is not None:
-            where = f"epoch {epoch + 1}, step {step + i + 1} (batch {i + 1} of {len(task)})"
-            if on_nan == "stop":
-                raise Diverged(f"{problem} at {where}: the run diverged (lower train.lr, or "
-                               "set train.on_nan=skip_step)")
-            log.warning("%s at %s: step skipped", problem, where)
+        first = i - i % cfg.grad_accum  # the group's first batch
+        size = min(cfg.grad_accum, n - first)
+        where = f"epoch {ctx.epoch + 1}, step {ctx.step + 1} (batch {i + 1} of {n})"
+        value = _backward(ctx, batch, size, where)
+        if value is None:
             skipped += 1
-            continue
-        optimizer.step()
-        total += value
-        bar.set_postfix(loss=f"{value:.4f}")
-    if skipped and skipped == len(task):
-        raise Diverged(f"training loss was not finite at any step of epoch {epoch + 1}: "
+        else:
+            group.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
+        if i + 1 < first + size or not group:
+            continue  # the group goes on, or none of its batches had a finite loss
+        if _step(ctx, hooks, where):
+            total, used = total + sum(group), used + len(group)
+        else:
+            skipped += len(group)
+        group = []
+    if skipped and skipped == n:
+        raise Diverged(f"training loss was not finite at any step of epoch {ctx.epoch + 1}: "
                        "the run diverged (lower train.lr)")
-    return total / max(len(task) - skipped, 1), skipped
+    return total / max(used, 1), skipped
+
+
+def _backward(ctx: LoopContext, batch: tuple, size: int, where: str) -> float | None:
+    """Forward one batch and add its gradients (of loss / `size`); its loss, or None for a
+    non-finite loss skipped under `on_nan: skip_step` (`stop` raises `Diverged`)."""
+    batch = tuple(t.to(ctx.device) for t in batch)
+    bf16 = ctx.config.train.precision == "bf16"
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = ctx.task(batch)
+    value = loss.item()
+    if not math.isfinite(value):
+        _non_finite(f"training loss is {value}", where, ctx.config.train.on_nan)
+        return None
+    (loss / size).backward()
+    return value
+
+
+def _step(ctx: LoopContext, hooks: Iterable[Hook], where: str) -> bool:
+    """One optimizer and LR schedule step on the gradients gathered; False (no step) when they
+    are not finite under `on_nan: skip_step`: a step would poison the weights."""
+    optimizer = ctx.optimizer
+    if ctx.config.train.on_nan == "skip_step" and not _finite_gradients(optimizer):
+        _non_finite("gradients are not finite", where, "skip_step")
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    for hook in hooks:
+        hook.after_backward(ctx)
+    optimizer.step()
+    ctx.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    ctx.step += 1
+    for hook in hooks:
+        hook.after_step(ctx)
+    return True
+
+
+def _non_finite(problem: str, where: str, on_nan: str) -> None:
+    if on_nan == "stop":
+        raise Diverged(f"{problem} at {where}: the run diverged (lower train.lr, or "
+                       "set train.on_nan=skip_step)")
+    log.warning("%s at %s: skipped", problem, where)
 
 
 def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
