@@ -64,4 +64,5 @@ class ListwiseTask(nn.Module):
         """The mean listwise softmax loss of a `batches()` batch (a scalar)."""
         users, items, history, features, valid = batch
         logits = self.model.score_lists(users, items, history, features)  # (B, n)
-        return listwise_softmax(logits, torch.zeros(len(users), dtype=torch.long), valid)
+        positive = torch.zeros(len(users), dtype=torch.long, device=logits.device)  # column 0
+        return listwise_softmax(logits, positive, valid)

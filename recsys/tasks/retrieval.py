@@ -98,7 +98,8 @@ class TwoTowerTask(nn.Module):
         model = self.model
         history, users, targets = batch
         cfg = self.config
-        negatives = torch.randint(1, self.n_items + 1, (cfg.uniform_negatives,))
+        # drawn on the CPU generator (the one checkpoints keep), then moved to the batch's device
+        negatives = torch.randint(1, self.n_items + 1, (cfg.uniform_negatives,)).to(targets.device)
         candidates, where = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
         loss = sampled_softmax(model.user_vectors(history, users), model.item_vectors(candidates),
                                where[: len(targets)], cfg.temperature,
@@ -110,9 +111,11 @@ class TwoTowerTask(nn.Module):
     def ssl_loss(self, model: nn.Module) -> torch.Tensor:
         """InfoNCE between two complementary masked views of items drawn uniformly (distinct)."""
         ssl = self.config.masking
-        items = torch.randperm(self.n_items)[: ssl.batch_size] + 1
+        device = self.log_q.device
+        items = (torch.randperm(self.n_items)[: ssl.batch_size] + 1).to(device)
         n_features = len(model.item_tower.feature_names)
-        view1, view2 = masked_views(ssl.kind, len(items), n_features, self.nmi)
+        view1, view2 = (v.to(device) for v in masked_views(ssl.kind, len(items), n_features,
+                                                            self.nmi))
         return info_nce(model.item_vectors(items, view1), model.item_vectors(items, view2),
                         ssl.temperature)
 
