@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import copy
+import shutil
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from recsys.config import Config, config_from_dict
+from recsys.data import ensure_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -36,13 +39,15 @@ def write_successor_csv(folder: Path, users: int = 120, items: int = 30, seed: i
     return folder
 
 
-def tiny_config(root: Path, **train) -> Config:
-    """A seeded SASRec config on the successor data under `root` (runs and MLflow there too)."""
+def tiny_config(root: Path, data_root: Path | None = None, **train) -> Config:
+    """A seeded SASRec config on the successor data under `data_root` (raw/ and dataset/;
+    default `root`), with its runs and MLflow db under `root`."""
+    data_root = root if data_root is None else data_root
     raw = {
         "data": {
             "source": "tabular",
-            "raw": str(root / "raw"),
-            "dir": str(root / "dataset"),
+            "raw": str(data_root / "raw"),
+            "dir": str(data_root / "dataset"),
             "mapping": {
                 "interactions": "events.csv",
                 "items": "items.csv",
@@ -60,25 +65,52 @@ def tiny_config(root: Path, **train) -> Config:
     return config_from_dict(raw)
 
 
-@pytest.fixture(scope="session")
-def _successor_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("successor")
+def _write_prepared(root: Path) -> None:
+    """The successor raw files under root/raw and their prepared dataset under root/dataset."""
     write_successor_csv(root / "raw")
+    data = tiny_config(root).data
+    ensure_dataset(data.source, data.raw, data.dir, data.mapping)
+
+
+def _file_stats(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file under `root`: what `ensure_dataset` compares, and more."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def successor_data(tmp_path_factory) -> Path:
+    """raw/ and dataset/ of the successor data, prepared once per session; tests only read it."""
+    root = tmp_path_factory.mktemp("successor")
+    _write_prepared(root)
     return root
 
 
-@pytest.fixture
-def successor_root(_successor_root, tmp_path) -> Path:
-    """A fresh copy of the raw files per test (the dataset is prepared on first use)."""
-    (tmp_path / "raw").mkdir()
-    for f in (_successor_root / "raw").iterdir():
-        (tmp_path / "raw" / f.name).write_bytes(f.read_bytes())
-    return tmp_path
+@contextmanager
+def unchanged(root: Path, test: str) -> Iterator[None]:
+    """Fails `test` if it changed a file under `root` (prepared data), making the data again
+    first so that the tests after it still find it as the session made it."""
+    before = _file_stats(root)
+    yield
+    if _file_stats(root) != before:
+        shutil.rmtree(root)
+        _write_prepared(root)
+        pytest.fail(f"{test} changed the shared successor data under {root}: "
+                    "mark it @pytest.mark.private_data")
 
 
 @pytest.fixture
-def config(successor_root) -> Config:
-    return copy.deepcopy(tiny_config(successor_root))
+def config(request, successor_data, tmp_path) -> Iterator[Config]:
+    """The tiny config with its runs and MLflow db under `tmp_path`, on the session's prepared
+    successor data, or, for a test marked `private_data` (it edits the raw files or needs an
+    unprepared dataset), on its own copy of the raw files under `tmp_path`, prepared on first
+    use. A test that changes the shared data fails (see `unchanged`)."""
+    if request.node.get_closest_marker("private_data"):
+        shutil.copytree(successor_data / "raw", tmp_path / "raw")
+        yield tiny_config(tmp_path)
+        return
+    with unchanged(successor_data, request.node.nodeid):
+        yield tiny_config(tmp_path, successor_data)
 
 
 @pytest.fixture(scope="session")

@@ -28,11 +28,11 @@ def _ran(result) -> list[str]:
     return [s.name for s in result.stages if not s.remembered]
 
 
-def test_pipeline_reruns_only_the_stages_whose_inputs_changed(config, tiny_model_dir,
-                                                               successor_root):
+@pytest.mark.private_data  # the first run prepares the dataset
+def test_pipeline_reruns_only_the_stages_whose_inputs_changed(config, tiny_model_dir, tmp_path):
     retriever = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2),
                                     export=dataclasses.replace(config.export, k=10))
-    rerank = _reranker(config, tiny_model_dir, successor_root)
+    rerank = _reranker(config, tiny_model_dir, tmp_path)
     first = run_pipeline(retriever, rerank)
     assert _ran(first) == ["prepare", "retriever", "evaluate", "index", "candidates",
                            "reranker", "reranked candidates"]
@@ -45,7 +45,7 @@ def test_pipeline_reruns_only_the_stages_whose_inputs_changed(config, tiny_model
     assert [s.output for s in again.stages] == [s.output for s in first.stages]
     assert again.test == first.test and "remembered" in summary(retriever, again)
 
-    retuned = run_pipeline(retriever, _reranker(config, tiny_model_dir, successor_root, lr=0.02))
+    retuned = run_pipeline(retriever, _reranker(config, tiny_model_dir, tmp_path, lr=0.02))
     assert _ran(retuned) == ["evaluate", "reranker", "reranked candidates"]
     assert retuned.run_dir == first.run_dir
 
@@ -60,12 +60,13 @@ def test_pipeline_reruns_only_the_stages_whose_inputs_changed(config, tiny_model
     with pytest.raises(ValueError, match="export.k"):
         run_pipeline(fewer)
     elsewhere = dataclasses.replace(fewer, export=dataclasses.replace(
-        fewer.export, out=str(successor_root / "top3")))
+        fewer.export, out=str(tmp_path / "top3")))
     assert _ran(run_pipeline(elsewhere)) == ["evaluate", "candidates"]  # the index reads no k
-    ranks = pq.read_table(successor_root / "top3", columns=["rank"]).column("rank").to_numpy()
+    ranks = pq.read_table(tmp_path / "top3", columns=["rank"]).column("rank").to_numpy()
     assert ranks.max() == 3
 
 
+@pytest.mark.private_data  # it edits events.csv
 def test_pipeline_redoes_what_an_edited_raw_file_or_a_damaged_part_touches(config):
     retriever = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2),
                                     export=dataclasses.replace(config.export, k=10))

@@ -3,7 +3,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,11 +33,10 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, _successor_root) -> Path:
+def run(tmp_path_factory, successor_data) -> Path:
     """One tiny SASRec run (120 users, 30 items) shared by the tests of this file."""
-    root = tmp_path_factory.mktemp("candidates")
-    shutil.copytree(_successor_root / "raw", root / "raw")
-    return fit(tiny_config(root, epochs=2)).run_dir
+    return fit(tiny_config(tmp_path_factory.mktemp("candidates"), successor_data,
+                           epochs=2)).run_dir
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +180,12 @@ def test_filters_leaving_fewer_items_than_k_are_an_error(run, tmp_path):
 
 
 def test_a_dir_of_another_run_or_other_settings_is_refused_untouched(run, tmp_path, capsys,
-                                                                      successor_root):
+                                                                      successor_data):
     out = tmp_path / "c"
     export_candidates(run, out, k=5)
     before = _files(out)
-    other = fit(tiny_config(successor_root, epochs=1)).run_dir  # (load_run refuses a copy)
+    # another trained run, not a copy of `run` (load_run refuses a copied run dir)
+    other = fit(tiny_config(tmp_path, successor_data, epochs=1)).run_dir
     with pytest.raises(ValueError, match=r"holds another export \(_job.json differs in run_id"):
         export_candidates(other, out, k=5)
     assert main(["export", "--run", str(run), "--what", "candidates", "--k", "4",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,22 +27,20 @@ PARTS = {"part_users": 40}  # 120 users: 3 parts
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, _successor_root) -> Path:
-    root = tmp_path_factory.mktemp("faults")
-    shutil.copytree(_successor_root / "raw", root / "raw")
-    return root
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("faults")
 
 
 @pytest.fixture(scope="module")
-def run(root) -> Path:
+def run(root, successor_data) -> Path:
     """One tiny SASRec run (120 users, 30 items) shared by the tests of this file."""
-    return fit(tiny_config(root, epochs=1)).run_dir
+    return fit(tiny_config(root, successor_data, epochs=1)).run_dir
 
 
 @pytest.fixture(scope="module")
-def rerank_run(root, run, tiny_model_dir) -> Path:
+def rerank_run(root, successor_data, run, tiny_model_dir) -> Path:
     """A tiny listwise reranker over `run`'s top 10."""
-    raw = config_to_dict(tiny_config(root, epochs=1, batch_size=32))
+    raw = config_to_dict(tiny_config(root, successor_data, epochs=1, batch_size=32))
     raw["model"] = {"name": "reranker", "reranker": {
         "task": "listwise", "retrieval_run": str(run), "candidates": 10, "train_positions": 3,
         "list_size": 6, "history_stats": False, "blend": [0.0], "dim": 8, "text": ["title"],

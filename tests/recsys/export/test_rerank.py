@@ -143,7 +143,7 @@ def test_lists_exclude_seen_items_but_keep_a_repeated_target():
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
+def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, tmp_path):
     """SASRec retrieves, the reranker trains on its lists through `fit` (with every input:
     retrieval features and recent popularity); the retrieval metrics of the rerank run are the
     retrieval run's own, and the run rebuilds from its dir."""
@@ -156,7 +156,7 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
         "history_stats": False, "blend": [0.0, 1000.0], "dim": 8, "text": ["title"], "max_len": 8,
         "recent_popularity_days": 1,
         "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
-        "encoder": {"path": str(tiny_model_dir), "cache_dir": str(successor_root / "cache")}}}
+        "encoder": {"path": str(tiny_model_dir), "cache_dir": str(tmp_path / "cache")}}}
     raw["train"].update(epochs=3, batch_size=32, lr=0.01)
     assert _keeps_rng(lambda: load_data(config_from_dict(raw)))  # train.seed is the reranker's
     result = fit(config_from_dict(raw))
@@ -173,7 +173,7 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, successor_root):
     again = evaluate_run(result.run_dir, "test")
     for key in ("ndcg@10", "recall@10", "retrieval_ndcg@10", "hit@10"):
         assert again[key] == pytest.approx(test[key]), key
-    _check_reranked_export(retrieval.run_dir, result.run_dir, successor_root / "reranked")
+    _check_reranked_export(retrieval.run_dir, result.run_dir, tmp_path / "reranked")
 
 
 def _check_reranked_export(retrieval_run, rerank_run, out):
