@@ -64,6 +64,7 @@ def test_skip_step_still_stops_when_no_step_is_finite(config):
         fit(_with(config, lr=1e8, on_nan="skip_step"))
 
 
+@pytest.mark.private_data  # it edits events.csv
 def test_a_run_refuses_a_dataset_that_changed_under_it(config):
     result = fit(_with(config, epochs=2))
     events = config.data.raw + "/events.csv"
