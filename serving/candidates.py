@@ -37,6 +37,7 @@ class CandidateLookup:
         self.path = Path(path)
         self.verify, self.cached_row_groups = verify, cached_row_groups
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
+        self._refused: tuple[tuple, StoreError] | None = None  # last export refused, its key
         self._live = _Export(self.path, verify, cached_row_groups)
 
     @property
@@ -70,7 +71,18 @@ class CandidateLookup:
                                  f"{err.strerror or err}") from err
             if text == self._live.manifest_text:
                 return False
-            self._live = _Export(self.path, self.verify, self.cached_row_groups)
+            root = self.path.resolve()
+            key = (root, text, _stamps(root))  # before reading: a change meanwhile shows next
+            if key[2] is not None and self._refused is not None and self._refused[0] == key:
+                # the same broken export as last time: indexing every part again on each
+                # tick would only repeat the same error
+                raise self._refused[1].with_traceback(None)
+            try:
+                live = _Export(self.path, self.verify, self.cached_row_groups)
+            except StoreError as err:
+                self._refused = (key, err)
+                raise
+            self._live, self._refused = live, None
             return True
 
 
@@ -158,6 +170,25 @@ class _Export:
                 return pq.ParquetFile(f).read_row_group(group, columns=COLUMNS)
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot read candidates part {file}: {err}") from err
+
+
+def _stamps(root: Path) -> tuple | None:
+    """(name, device, inode, size, mtime, ctime) of each entry of an export dir, None if it
+    cannot be listed: changes when the manifest or a part is written, replaced, added, removed
+    or made readable (chmod changes only the ctime)."""
+    try:
+        with os.scandir(root) as entries:
+            return tuple(sorted((entry.name, *_stat(entry)) for entry in entries))
+    except OSError:
+        return None
+
+
+def _stat(entry: os.DirEntry) -> tuple[int, ...] | tuple[None]:
+    try:
+        st = entry.stat()
+    except OSError:  # a dangling link: its name still counts
+        return (None,)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _identity(f: Any) -> tuple[int, ...]:

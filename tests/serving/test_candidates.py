@@ -91,3 +91,45 @@ def test_refresh_follows_a_switched_symlink_and_keeps_the_old_export_on_errors(
     with pytest.raises(StoreError, match="_manifest.json"):
         lookup.refresh()
     assert lookup.get("u8") == _expected("u8", 3)  # the last good one keeps answering
+
+
+def test_a_refused_export_is_not_read_again_until_its_files_change(make_candidates, monkeypatch):
+    """Each refresh tick re-read and re-indexed a broken new export (its manifest text differs
+    from the live one's) to repeat the same error; now it is read once, and again only when a
+    file of the export dir changes, so a fixed manifest is then picked up."""
+    import serving.candidates
+
+    out = make_candidates(users=7, k=5)
+    lookup = CandidateLookup(out)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["run_id"], manifest["parts"][1]["rows"] = "run2", 3
+    (out / "_manifest.json").write_text(json.dumps(manifest))  # a new, broken manifest
+    opened = []
+    real = serving.candidates._Export
+    monkeypatch.setattr(serving.candidates, "_Export",
+                        lambda *a: opened.append(a[0]) or real(*a))
+    for _ in range(5):
+        with pytest.raises(StoreError, match="holds 15 rows, the manifest says 3"):
+            lookup.refresh()
+    assert len(opened) == 1
+    assert lookup.meta["run_id"] == "run1" and lookup.get("u4") == _expected("u4", 5)
+    manifest["parts"][1]["rows"] = 15
+    (out / "_manifest.json").write_text(json.dumps(manifest))  # fixed
+    assert lookup.refresh() is True and len(opened) == 2
+    assert lookup.meta["run_id"] == "run2" and lookup.refresh() is False and len(opened) == 2
+
+
+def test_a_refused_export_is_read_again_once_a_part_is_fixed(make_candidates):
+    """The manifest text alone does not key a refusal: a part rewritten under the same
+    manifest (or made readable) is a change, and the export is read again."""
+    out = make_candidates(users=7, k=5)
+    lookup = CandidateLookup(out)
+    make_candidates(users=7, k=3, out=out)  # a new export ...
+    text = (out / "_manifest.json").read_text()
+    (out / "part-00000.parquet").write_bytes(b"garbage")  # ... with a damaged part
+    for _ in range(2):
+        with pytest.raises(StoreError, match="part-00000"):
+            lookup.refresh()
+    make_candidates(users=7, k=3, out=out)  # the part written again
+    assert (out / "_manifest.json").read_text() == text  # under the same manifest
+    assert lookup.refresh() is True and lookup.get("u0") == _expected("u0", 3)
