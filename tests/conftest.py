@@ -91,8 +91,11 @@ def unchanged(root: Path, test: str) -> Iterator[None]:
     """Fails `test` if it changed a file under `root` (prepared data), making the data again
     first so that the tests after it still find it as the session made it."""
     before = _file_stats(root)
-    yield
-    if _file_stats(root) != before:
+    try:
+        yield
+    finally:
+        changed = _file_stats(root) != before
+    if changed:
         shutil.rmtree(root)
         _write_prepared(root)
         pytest.fail(f"{test} changed the shared successor data under {root}: "

@@ -198,11 +198,11 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 42  # seeds weights, shuffling and dropout
     epochs: Count = 200  # upper bound; early stopping usually ends sooner
-    batch_size: Count = 128  # history windows (max_len + 1 items each) per optimizer step
+    batch_size: Count = 128  # training examples per batch (SASRec: history windows of max_len + 1)
     lr: Positive = 1e-3  # AdamW learning rate
     weight_decay: Annotated[float, Ge(0)] = 0.0  # AdamW weight decay
     eval_every: Count = 1  # validate every N epochs
-    patience: Count = 10  # validations without a better valid NDCG@10 before stopping
+    patience: Count = 10  # validations without a better selection metric before stopping
     threads: NonNegative = 0  # torch intra-op threads; 0 keeps torch's default
     runs_dir: str = "runs"  # run directories live here
     keep_freed_memory: bool = False  # faster CPU epochs, more peak RSS (recsys/runtime/memory.py)
@@ -210,7 +210,7 @@ class TrainConfig:
     # ^ error, or skip that optimizer step (an epoch with no finite step still stops)
     schedule: Literal["constant", "linear", "cosine"] = "constant"  # LR after the warmup:
     # ^ constant, or decaying to 0 at the last step of `epochs` (linearly or by cosine)
-    warmup_steps: NonNegative = 0  # optimizer steps of linear LR warmup from 0
+    warmup_steps: NonNegative = 0  # optimizer steps of linear LR warmup (step s: lr * (s+1)/W)
     grad_accum: Count = 1  # batches whose gradients add up before each optimizer step
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under bf16 autocast
     device: Literal["cpu", "cuda"] = "cpu"  # where the model, its task and batches live

@@ -80,6 +80,8 @@ def fit(config: Config | None, resume: str | Path | None = None,
     the hooks the run was started with (their states are restored by name).
     A non-finite loss stops the run with `Diverged` (or skips the step: `train.on_nan`).
     """
+    if config is None and resume is None:
+        raise ValueError("fit needs a config, or a run dir to resume")
     if resume is not None:
         config = config_from_dict(read_yaml(Path(resume) / "config.yaml", "run config"))
     cfg = config.train
@@ -138,7 +140,14 @@ def _training(config: Config, dataset, split: Split | CtrSplit, model: nn.Module
     optimizer = build_optimizer(model, config.train)
     if optimizer is None:
         return None
-    task = training_task(config, dataset, split, model).to(device)
+    task = training_task(config, dataset, split, model)
+    if task is None:
+        raise ValueError(f"model {config.model.name!r} has parameters to train but its recipe "
+                         "has no training task")
+    if {id(p) for p in task.parameters()} - {id(p) for p in model.parameters()}:
+        raise ValueError("the training task has parameters of its own: only the model's are "
+                         "optimized and checkpointed (make them part of the model)")
+    task = task.to(device)
     epoch_steps = steps_per_epoch(len(task), config.train.grad_accum)
     scheduler = build_schedule(optimizer, config.train, epoch_steps)
     return LoopContext(model, task, optimizer, scheduler, config, device)
@@ -214,7 +223,8 @@ def _one_epoch(ctx: LoopContext, hooks: Iterable[Hook]) -> tuple[float, int]:
     """One pass over the task's batches (in random order), one optimizer step per
     `train.grad_accum` batches; returns the mean loss of the batches that went into a step and
     the number of batches that did not (a non-finite loss, or non-finite gradients in their
-    group, under `on_nan: skip_step`)."""
+    group, under `on_nan: skip_step`). A group with a skipped batch still divides each loss by
+    the full group size: its step is that much smaller."""
     cfg, task = ctx.config.train, ctx.task
     task.train()  # the model inside it too
     n = len(task)
@@ -232,6 +242,8 @@ def _one_epoch(ctx: LoopContext, hooks: Iterable[Hook]) -> tuple[float, int]:
         else:
             group.append(value)
             bar.set_postfix(loss=f"{value:.4f}")
+        if i >= n:
+            raise RuntimeError(f"the training task yielded more batches than its len(), {n}")
         if i + 1 < first + size or not group:
             continue  # the group goes on, or none of its batches had a finite loss
         if _step(ctx, hooks, where):
@@ -239,6 +251,9 @@ def _one_epoch(ctx: LoopContext, hooks: Iterable[Hook]) -> tuple[float, int]:
         else:
             skipped += len(group)
         group = []
+    if used + skipped != n:
+        raise RuntimeError(f"the training task yielded {used + skipped} batches, not its "
+                           f"len() of {n}: the schedule and the gradient groups count on it")
     if skipped and skipped == n:
         raise Diverged(f"training loss was not finite at any step of epoch {ctx.epoch + 1}: "
                        "the run diverged (lower train.lr)")

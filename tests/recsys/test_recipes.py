@@ -69,3 +69,17 @@ def test_a_toy_model_added_as_a_section_a_module_and_one_row_trains(config, monk
     assert result.metrics["model"] == "toy" and result.metrics["epochs"] == config.train.epochs
     assert result.metrics["test"]["ndcg@10"] > 0.5  # the successor pattern is a bigram
     assert config_to_dict(toy)["model"] == {"name": "toy", "toy": {"dim": 16}}
+
+
+def test_a_task_with_parameters_of_its_own_is_refused_not_left_untrained(config, monkeypatch):
+    sasrec = RECIPES[("sasrec", None)]
+
+    def with_temperature(config, dataset, split, model):
+        task = sasrec.task(config, dataset, split, model)
+        task.temperature = torch.nn.Parameter(torch.ones(()))  # never optimized nor saved
+        return task
+
+    monkeypatch.setitem(RECIPES, ("sasrec", None), dataclasses.replace(sasrec,
+                                                                       task=with_temperature))
+    with pytest.raises(ValueError, match="parameters of its own"):
+        fit(config)

@@ -121,3 +121,13 @@ def test_hooks_are_keyed_by_a_unique_name():
     with pytest.raises(TypeError, match="is not a recsys.train.hooks.Hook"):
         by_name([object()])
 
+
+
+
+@pytest.mark.parametrize("lie", [-1, 1])
+def test_a_task_whose_len_is_not_its_batch_count_is_refused(lie, monkeypatch):
+    x, y = _data(10)
+    task = Regression(x, y, 4)  # 3 batches
+    monkeypatch.setattr(Regression, "__len__", lambda self: 3 + lie)
+    with pytest.raises(RuntimeError, match=r"len\(\)"):
+        _one_epoch(_context(task, grad_accum=1), [])
