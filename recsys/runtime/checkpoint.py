@@ -171,6 +171,9 @@ def _pull_tensors(tree: dict, path: tuple[str, ...], tensors: dict[str, torch.Te
             name = ".".join(where)
             if name in tensors:
                 raise ValueError(f"training hook state: two tensors map to the key {name!r}")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise ValueError(f"training hook state {name!r} holds NaN or inf: a checkpoint "
+                                 "with it could never be resumed")
             tensors[name] = value.detach().cpu().contiguous()
             paths[name] = list(where[2:])  # less ("hook", hook name)
         elif isinstance(value, dict):

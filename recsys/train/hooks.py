@@ -15,7 +15,8 @@ stands. What a hook must carry over a resume it returns from `state_dict()` (a d
 are JSON values or tensors, nested dicts with string keys allowed; tensors must be finite, as a
 checkpoint with NaN / inf tensors is refused); `checkpoint/last` stores it under the hook's `name`
 after every epoch and hands it back to `load_state_dict` when the run resumes, so a resumed run
-goes on exactly as an uninterrupted one. Raising from a hook stops the run (the last epoch's
+goes on exactly as an uninterrupted one; its tensors come back on the CPU (move them to
+`ctx.device` where they meet the model's). Raising from a hook stops the run (the last epoch's
 checkpoint stays, ready to resume).
 """
 

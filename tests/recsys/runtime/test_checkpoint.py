@@ -156,6 +156,9 @@ def test_a_resume_with_other_hooks_or_unstorable_hook_state_is_refused(tmp_path)
     with pytest.raises(TypeError, match="training hook 'odd'.*neither a tensor nor JSON"):
         save_checkpoint(tmp_path / "odd", model, optimizer, {}, CONFIG,
                         hooks={"odd": _Stateful({"when": object()})})
+    with pytest.raises(ValueError, match="'hook.nan.mask' holds NaN or inf"):  # never resumable
+        save_checkpoint(tmp_path / "nan", model, optimizer, {}, CONFIG,
+                        hooks={"nan": _Stateful({"mask": torch.tensor([1.0, float("nan")])})})
 
 
 def test_the_lr_schedule_resumes_where_it_stopped(tmp_path):
