@@ -48,7 +48,8 @@ class Recipe:
 
     split: Callable[[Config, Dataset], TrainData]  # its training data from the dataset
     model: Callable[[Any, Dataset, TrainData], nn.Module]  # built from its own config section
-    task: Callable[[Config, Dataset, TrainData, nn.Module], nn.Module]  # the loss module
+    task: Callable[[Config, Dataset, TrainData, nn.Module], nn.Module | None]  # the loss
+    # ^ module (holding the model, forward(batch) -> loss); None: nothing to train
     evaluate: Callable[[Config, nn.Module, TrainData, str], dict[str, float]]
     selection: str  # the valid metric (higher is better) that picks the epoch and stops early
     artifacts: Callable[[Config, nn.Module, TrainData, Path], list[Path]] = (

@@ -184,11 +184,12 @@ class ModelConfig:
     reranker: RerankerConfig | None = None
 
     def __post_init__(self):
-        models = {f.name: f.type for f in dataclasses.fields(self) if f.name != "name"}
+        models = [f.name for f in dataclasses.fields(self) if f.name != "name"]
         if self.name not in models:
             raise _Invalid("name", f"{self.name!r} is not one of {', '.join(map(repr, models))}")
-        for other in models.keys() - {self.name}:
-            object.__setattr__(self, other, None)
+        for other in models:
+            if other != self.name:
+                object.__setattr__(self, other, None)
         if getattr(self, self.name) is None:  # the model's defaults
             section = typing.get_type_hints(type(self))[self.name].__args__[0]
             object.__setattr__(self, self.name, section())
