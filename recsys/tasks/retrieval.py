@@ -105,11 +105,12 @@ class TwoTowerTask(nn.Module):
                                where[: len(targets)], cfg.temperature,
                                self.log_q[candidates] if cfg.logq else None)
         if cfg.masking.kind != "none":
-            loss = loss + cfg.masking.alpha * self.ssl_loss(model)
+            loss = loss + cfg.masking.alpha * self.ssl_loss()
         return loss
 
-    def ssl_loss(self, model: nn.Module) -> torch.Tensor:
+    def ssl_loss(self) -> torch.Tensor:
         """InfoNCE between two complementary masked views of items drawn uniformly (distinct)."""
+        model = self.model
         ssl = self.config.masking
         device = self.log_q.device
         items = (torch.randperm(self.n_items)[: ssl.batch_size] + 1).to(device)

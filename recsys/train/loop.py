@@ -99,7 +99,10 @@ def fit(config: Config | None, resume: str | Path | None = None,
              "n_items": split.n_items, "done": False,
              "dataset_sha256": dataset.info.get("sha256")}
 
-    run_id = _resumable(Path(resume), dataset) if resume is not None else None
+    run_id = None
+    if resume is not None:
+        _check_resumable(Path(resume), dataset)
+        run_id = Path(resume).name  # the run dir is named by its MLflow run id
     name = config.tracking.run_name or config.model.name
     with tracking.start_run(config.tracking, run_id=run_id, name=name) as run:
         if resume is None:
@@ -153,16 +156,15 @@ def _training(config: Config, dataset, split: Split | CtrSplit, model: nn.Module
     return LoopContext(model, task, optimizer, scheduler, config, device)
 
 
-def _resumable(run_dir: Path, dataset) -> str:
-    """The MLflow run id of `run_dir`, once its checkpoint shows the dir is the run's own (not a
-    copy or a renamed dir) and its dataset is the one it was trained on."""
+def _check_resumable(run_dir: Path, dataset) -> None:
+    """Refuse `run_dir` unless its checkpoint shows the dir is the run's own (not a copy or a
+    renamed dir) and its dataset is the one it was trained on. A run killed before its first
+    epoch ended has no checkpoint: nothing to check."""
     last = run_dir / "checkpoint" / "last"
-    if not has_checkpoint(last):
-        return run_dir.name  # killed before its first epoch ended: the dir name is all there is
-    state = read_checkpoint(last)["state"]
-    check_run_id(state, run_dir)
-    check_dataset(state.get("dataset_sha256"), dataset, run_dir)
-    return run_dir.name
+    if has_checkpoint(last):
+        state = read_checkpoint(last)["state"]
+        check_run_id(state, run_dir)
+        check_dataset(state.get("dataset_sha256"), dataset, run_dir)
 
 
 def _train_epochs(ctx: LoopContext, hooks: dict[str, Hook], split: Split | CtrSplit,
