@@ -55,13 +55,15 @@ class RecformerInputs(NamedTuple):
 @dataclass(frozen=True)
 class _Backbone:
     position_offset: bool  # positions start at pad_token_id + 1 (RoBERTa style), not 0
-    global_cls: bool  # Longformer: [CLS] attends to, and is attended by, every token
+    global_cls: bool  # [CLS] attends to, and is attended by, every token (Longformer's
+    # local attention sees only a window)
+    window_padding: bool  # the backbone pads a sequence to a multiple of attention_window
 
 
 # What differs per backbone family (config.json "model_type"), read once.
 BACKBONES = {
-    "bert": _Backbone(position_offset=False, global_cls=False),
-    "longformer": _Backbone(position_offset=True, global_cls=True),
+    "bert": _Backbone(position_offset=False, global_cls=False, window_padding=False),
+    "longformer": _Backbone(position_offset=True, global_cls=True, window_padding=True),
 }
 
 
@@ -109,8 +111,8 @@ def position_limit(config) -> int:
     limit = config.max_position_embeddings
     if family.position_offset:
         limit -= config.pad_token_id + 1
-    window = getattr(config, "attention_window", None)
-    if family.global_cls and window:
+    if family.window_padding:
+        window = config.attention_window
         window = max(window) if isinstance(window, list) else window
         limit = limit // window * window
     return limit
