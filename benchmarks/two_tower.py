@@ -24,10 +24,10 @@ KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "ndcg@10_all", "tail_rec
         "cold_recall@10")
 VARIANTS = {  # name -> overrides of the two-tower config
     "a_id_only": ["model.two_tower.text=[]", "model.two_tower.categorical=[]",
-                  "model.two_tower.item_ids=true", "model.two_tower.masking.kind=none"],
-    "b_text": ["model.two_tower.masking.kind=none"],
-    "c_text_rfm": ["model.two_tower.masking.kind=random"],
-    "d_text_cfm": ["model.two_tower.masking.kind=correlated"],
+                  "model.two_tower.item_ids=true", "train.loss.masking.kind=none"],
+    "b_text": ["train.loss.masking.kind=none"],
+    "c_text_rfm": ["train.loss.masking.kind=random"],
+    "d_text_cfm": ["train.loss.masking.kind=correlated"],
 }
 
 

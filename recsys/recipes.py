@@ -31,8 +31,8 @@ from recsys.eval.ctr import evaluate_ctr, write_calibration
 from recsys.eval.rerank import evaluate_rerank
 from recsys.eval.retrieval import evaluate
 from recsys.inputs.rerank_lists import RerankData
-from recsys.inputs.reranker import build_reranker_inputs
-from recsys.inputs.two_tower import build_tower_inputs
+from recsys.inputs.reranker import RerankerScorer, build_reranker_inputs
+from recsys.inputs.two_tower import TwoTowerRetriever, build_tower_inputs
 from recsys.models import Popularity, Reranker, SASRec, TwoTower
 from recsys.runtime.checkpoint import load_weights, read_checkpoint
 from recsys.tasks.ctr import CtrTask
@@ -67,22 +67,23 @@ def _ctr_split(config: Config, dataset: Dataset) -> CtrSplit:
                      config.model.reranker.max_len)
 
 
-def _two_tower(section, dataset: Dataset, split: Split) -> TwoTower:
+def _two_tower(section, dataset: Dataset, split: Split) -> TwoTowerRetriever:
     inputs = build_tower_inputs(section, dataset.items, dataset.users, split.users.ids,
                                 split.train_item_counts)
-    return TwoTower(section, split.n_items, inputs)
+    return TwoTowerRetriever(TwoTower(section, inputs.sizes), inputs)
 
 
-def _reranker(section, dataset: Dataset, split: CtrSplit | RerankData) -> Reranker:
-    return Reranker(section, build_reranker_inputs(section, dataset.items, dataset.users, split))
+def _reranker(section, dataset: Dataset, split: CtrSplit | RerankData) -> RerankerScorer:
+    inputs = build_reranker_inputs(section, dataset.items, dataset.users, split)
+    return RerankerScorer(Reranker(section, inputs.sizes), inputs)
 
 
-def _two_tower_task(config: Config, dataset: Dataset, split: Split, model: TwoTower):
-    section = config.model.two_tower
+def _two_tower_task(config: Config, dataset: Dataset, split: Split, model: TwoTowerRetriever):
+    loss = config.train.loss
     nmi = None
-    if section.masking.kind == "correlated":
-        nmi = item_feature_nmi(dataset, model.item_tower.feature_names)
-    return TwoTowerTask(model, section, split, config.train.batch_size, nmi)
+    if loss.masking.kind == "correlated":
+        nmi = item_feature_nmi(dataset, model.feature_names)
+    return TwoTowerTask(model, loss, split, model.max_len, config.train.batch_size, nmi)
 
 
 def _ranking(config: Config, model: nn.Module, split: Split, which: str) -> dict[str, float]:
@@ -117,7 +118,7 @@ RECIPES: dict[tuple[str, str | None], Recipe] = {
         split=lambda config, dataset: rerank_data(config, dataset.interactions),
         model=_reranker,
         task=lambda config, dataset, split, model: ListwiseTask(
-            model, split.train, config.train.batch_size, config.model.reranker.list_size),
+            model, split.train, config.train.batch_size, config.train.loss.list_size),
         evaluate=lambda config, model, split, which: evaluate_rerank(
             model, split, which, config.eval.ks),
         selection="ndcg@10"),

@@ -20,6 +20,7 @@ from recsys.config.sections import (
     EvalConfig,
     ExportConfig,
     ItemTextConfig,
+    LossConfig,
     MaskingConfig,
     ModelConfig,
     PopularityConfig,
@@ -33,7 +34,8 @@ from recsys.config.sections import (
 
 __all__ = [
     "Config", "ConfigError", "CtrDataConfig", "DataConfig", "EvalConfig", "ExportConfig",
-    "ItemTextConfig", "MaskingConfig", "ModelConfig", "PopularityConfig", "RerankerConfig",
-    "SASRecConfig", "TextEncoderConfig", "TrackingConfig", "TrainConfig", "TwoTowerConfig",
-    "apply_override", "config_from_dict", "config_to_dict", "load_config", "read_yaml",
+    "ItemTextConfig", "LossConfig", "MaskingConfig", "ModelConfig", "PopularityConfig",
+    "RerankerConfig", "SASRecConfig", "TextEncoderConfig", "TrackingConfig", "TrainConfig",
+    "TwoTowerConfig", "apply_override", "config_from_dict", "config_to_dict", "load_config",
+    "read_yaml",
 ]

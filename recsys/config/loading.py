@@ -80,6 +80,17 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             from None
 
 
+# Keys that moved, old -> new: a config written before the move gets told where to put them.
+MOVED = {
+    "model.two_tower.temperature": "train.loss.temperature",
+    "model.two_tower.uniform_negatives": "train.loss.uniform_negatives",
+    "model.two_tower.logq": "train.loss.logq",
+    "model.two_tower.masking": "train.loss.masking",
+    "model.two_tower.text_lr": "train.lr_groups",
+    "model.reranker.list_size": "train.loss.list_size",
+}
+
+
 def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
@@ -88,6 +99,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
+        if key in MOVED:
+            raise ConfigError(f"config key '{key}' moved to '{MOVED[key]}' (loss and optimizer "
+                              "settings live in the train section)")
         raise ConfigError(f"unknown config key '{key}' (allowed here: {', '.join(sorted(names))})")
     values = {}
     for name, value in raw.items():
@@ -132,9 +146,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         item = typing.get_args(hint)[0]
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict or hint is Any:
-        if origin is dict and not isinstance(value, dict):
+    if origin is dict:
+        if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        keys, values = typing.get_args(hint) or (Any, Any)
+        return {_coerce(keys, k, key): _coerce(values, v, f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

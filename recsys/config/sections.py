@@ -109,6 +109,19 @@ class MaskingConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    """The training loss's settings; which loss a model trains with is its recipe's task."""
+
+    temperature: Positive = 0.05  # two_tower: softmax temperature of the sampled softmax
+    uniform_negatives: NonNegative = 0  # two_tower: negatives drawn uniformly from the
+    # ^ catalogue, beside the in-batch ones
+    logq: bool = True  # two_tower: subtract log sampling probability from each negative's logit
+    masking: MaskingConfig = field(default_factory=MaskingConfig)  # two_tower: SSL loss
+    list_size: NonNegative = 32  # listwise reranker: candidates per training list (positive +
+    # ^ sampled); 0 = all K
+
+
+@dataclass(frozen=True)
 class TwoTowerConfig:
     dim: Count = 64  # output size of both towers (the retrieval embedding)
     max_len: Count = 50  # most recent history items the user tower sees
@@ -123,15 +136,10 @@ class TwoTowerConfig:
     history_layers: Count = 1  # transformer blocks when history = "transformer"
     hidden: Count = 256  # hidden width of each tower's MLP
     dropout: Share = 0.1  # dropout inside the towers' MLPs
-    temperature: Positive = 0.05  # softmax temperature of the retrieval loss (unit vectors)
-    uniform_negatives: NonNegative = 0  # negatives drawn uniformly from the catalogue, beside
-    # ^ the in-batch ones
-    logq: bool = True  # subtract log sampling probability from each negative's logit
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     text_max_tokens: Count = 64  # token budget of one attribute's text
-    finetune_text: bool = False  # train the text encoder with the towers (off: frozen, cached)
-    text_lr: Positive = 5e-5  # AdamW learning rate of the encoder when fine-tuned
+    finetune_text: bool = False  # train the text encoder with the towers (off: frozen, cached);
+    # ^ give it its own rate: train.lr_groups: {model.item_tower.text_encoder: 5.0e-5}
 
 
 @dataclass(frozen=True)
@@ -162,8 +170,6 @@ class RerankerConfig:
     candidates: Count = 100  # listwise: K, the retriever's top-K reordered (the rest keep order)
     train_positions: NonNegative = 20  # listwise: last N next-item examples of each train
     # ^ prefix; 0 = all
-    list_size: NonNegative = 32  # listwise: candidates per training list (positive + sampled);
-    # ^ 0 = all K
     retrieval_features: bool = False  # retrieval score (minus the list's top) and log1p(rank)
     blend: Annotated[tuple[float, ...], MinLen(1)] = (0.0,)  # listwise: weights w of the final
     # ^ score, reranker logit + w * (retrieval score - list top); the best valid NDCG@10 picks w
@@ -215,6 +221,9 @@ class TrainConfig:
     grad_accum: Count = 1  # batches whose gradients add up before each optimizer step
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under bf16 autocast
     device: Literal["cpu", "cuda"] = "cpu"  # where the model, its task and batches live
+    lr_groups: dict[str, Positive] = field(default_factory=dict)  # parameter-name prefix ->
+    # ^ its own AdamW rate (e.g. {model.item_tower.text_encoder: 5.0e-5}); the rest train at lr
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ cached.
 All texts are tokenised in one call, sorted by token length and cut into batches with little or
 no padding (a batch without padding lets SDPA skip the mask), run under `torch.inference_mode`
 (bf16 autocast where the CPU has native bf16), and cached per (model weights, text) so an
-unchanged catalogue is not encoded again.
+unchanged catalogue is not encoded again. `text_vectors` / `text_tokens` give the per-item,
+per-attribute tables the two-tower and the reranker read (row 0 = the padding item).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from features.text import item_sentences
+from recsys.config import RerankerConfig, TwoTowerConfig
 from recsys.inputs.text_cache import EncodingCache, text_keys
 from recsys.models.text_encoder import TextEncoder, bf16_supported
 
@@ -116,3 +120,55 @@ def encode_texts(encoder: TextEncoder, texts: Sequence[str], *, batch_size: int 
     if len(unique) == len(texts):
         return vectors
     return vectors[[position[t] for t in texts]]
+
+
+# --- one vector (or token list) per item and text attribute, for the models that read them ---
+
+
+def text_vectors(config: TwoTowerConfig | RerankerConfig, items: pd.DataFrame) -> np.ndarray:
+    """(n_items + 1, n_text, text_dim) float32 unit vectors; zeros where an item lacks the text.
+    Reads `config.text`, `.encoder` and `.text_max_tokens`, which both models' configs have."""
+    if not config.text:
+        return np.zeros((len(items) + 1, 0, 1), np.float32)
+    encoder = TextEncoder(config.encoder)
+    out = np.zeros((len(items) + 1, len(config.text), encoder.dim), np.float32)
+    for slot, sentences in enumerate(_text_sentences(config, items, encoder.tokenizer)):
+        rows = np.flatnonzero([bool(s) for s in sentences])
+        if len(rows):
+            texts = [sentences[r] for r in rows]
+            out[rows + 1, slot] = encode_texts(encoder, texts, normalize=True, progress=True)
+    return out
+
+
+def text_tokens(config: TwoTowerConfig, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (n_items + 1, n_text, T) int64 (pad id after the end) and lengths
+    (n_items + 1, n_text), 0 where an item lacks the text: what a fine-tuned encoder reads."""
+    encoder = TextEncoder(config.encoder)
+    per_slot = []  # (item rows with text, their token lists) per attribute
+    for sentences in _text_sentences(config, items, encoder.tokenizer):
+        rows = [r for r, s in enumerate(sentences) if s]
+        per_slot.append((rows, encoder.tokenize([sentences[r] for r in rows])))
+    width = max([1] + [len(ids) for _, lists in per_slot for ids in lists])
+    tokens = np.full((len(items) + 1, len(per_slot), width), encoder.tokenizer.pad_token_id or 0,
+                     np.int64)
+    lengths = np.zeros((len(items) + 1, len(per_slot)), np.int64)
+    for slot, (rows, lists) in enumerate(per_slot):
+        for row, ids in zip(rows, lists, strict=True):
+            tokens[row + 1, slot, : len(ids)] = ids
+            lengths[row + 1, slot] = len(ids)
+    return tokens, lengths
+
+
+def _text_sentences(config: TwoTowerConfig | RerankerConfig, items: pd.DataFrame,
+                    tokenizer) -> list[list[str]]:
+    """Per text attribute, one sentence per item ("" where the item has none)."""
+    out = []
+    for column in config.text:
+        sentences = item_sentences(items, (column,), max_tokens=config.text_max_tokens,
+                                   max_length=None, tokenizer=tokenizer).sentences
+        missing = sum(not s for s in sentences)
+        if missing:
+            log.info("text %r: %d of %d items have none (zero vector)", column, missing,
+                     len(items))
+        out.append(sentences)
+    return out

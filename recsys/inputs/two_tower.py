@@ -1,27 +1,72 @@
-"""Features for the two-tower model, built from the item (and user) tables of a dataset.
+"""The two-tower model's catalogue, and the model bound to it for retrieval.
 
-Text attributes go through the frozen text encoder (one vector per attribute, cached by text),
-categorical attributes become padded integer codes for torchrec bags. Item row 0 is the padding
-item, row i the item of index i (items.parquet order, as in `Split.items`); user row r is the
-split's user row r.
+`TowerInputs` holds what the model reads of a dataset: text attributes through the frozen text
+encoder (one vector per attribute, cached by text) or as token ids to fine-tune it, categorical
+attributes as padded integer codes for torchrec bags. Item row 0 is the padding item, row i the
+item of index i (items.parquet order, as in `Split.items`); user row r is the split's user row r.
+`TwoTowerRetriever` gives a `TwoTower` (parameters only) the interface evaluation and export use:
+item indices in, vectors and scores out; only the rows a batch reads reach the model.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
 
-from features.text import clean_text, item_sentences
-from recsys.config import RerankerConfig, TwoTowerConfig
-from recsys.inputs.text_vectors import encode_texts
-from recsys.models.text_encoder import TextEncoder
-from recsys.models.two_tower import TowerInputs
+from recsys.config import TwoTowerConfig
+from recsys.inputs.tables import (
+    categorical_codes,
+    require_columns,
+    row_bags,
+    user_attribute_codes,
+)
+from recsys.inputs.text_vectors import text_tokens, text_vectors
+from recsys.models.two_tower import ItemFeatures, TowerSizes, TwoTower
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class TowerInputs:
+    """The catalogue tables of a two-tower model; plain tensors on the CPU, never trained."""
+
+    text: torch.Tensor  # (n_items + 1, n_text, text_dim) frozen encoder vectors, 0 when absent
+    categorical: dict[str, torch.Tensor]  # item attribute -> codes (n_items + 1, k), -1 = none
+    vocab_sizes: dict[str, int]  # item attribute -> distinct values (codes 0..size-1)
+    id_known: torch.Tensor  # (n_items + 1,) bool: the item has training interactions
+    n_users: int  # user rows (the users of the split)
+    item_ids: bool = True  # items read their ID bag
+    user_ids: bool = True  # users read their ID bag
+    user_categorical: dict[str, torch.Tensor] | None = None  # attribute -> (n_users, k) codes
+    user_vocab_sizes: dict[str, int] | None = None
+    tokens: torch.Tensor | None = None  # (n_items + 1, n_text, T) token ids, to fine-tune
+    token_lengths: torch.Tensor | None = None  # (n_items + 1, n_text), 0 = no text
+
+    @property
+    def sizes(self) -> TowerSizes:
+        items = {"item_id": len(self.id_known)} if self.item_ids else {}
+        users = {"user_id": self.n_users} if self.user_ids else {}
+        return TowerSizes(item_tables=items | self.vocab_sizes,
+                          user_tables=users | (self.user_vocab_sizes or {}),
+                          text_dim=self.text.shape[-1])
+
+    def items(self, rows: torch.Tensor, id_dropout: float = 0.0) -> ItemFeatures:
+        """The features of items `rows` (n,) on the CPU. Cold items (no training interactions)
+        read an empty ID bag, and so does an `id_dropout` share of the others (`row_bags`)."""
+        bags = row_bags(rows, "item_id" if self.item_ids else None, self.categorical,
+                        self.id_known, id_dropout)
+        fine_tuned = self.tokens is not None
+        return ItemFeatures(bags=bags, text=self.text[rows],
+                            tokens=self.tokens[rows] if fine_tuned else None,
+                            token_lengths=self.token_lengths[rows] if fine_tuned else None)
+
+    def users(self, rows: torch.Tensor) -> KeyedJaggedTensor | None:
+        """The ID and attribute bags of user rows (n,); None when the users have none."""
+        return row_bags(rows, "user_id" if self.user_ids else None, self.user_categorical or {})
 
 
 def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.DataFrame | None,
@@ -31,9 +76,10 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
     `users` is the optional user table; train_counts (n_items + 1,) marks items with known IDs.
     """
     require_columns(items, config.text + config.categorical, "items.parquet", "model.two_tower")
-    categorical = [categorical_codes(items[c], config.max_values) for c in config.categorical]
-    user_categorical = user_attribute_codes(users, user_ids, config.user_categorical,
-                                            config.max_values, "model.two_tower")
+    categorical = {c: categorical_codes(items[c], config.max_values) for c in config.categorical}
+    user_categorical = dict(zip(config.user_categorical, user_attribute_codes(
+        users, user_ids, config.user_categorical, config.max_values, "model.two_tower"),
+        strict=True))
     tokens = lengths = None
     if config.finetune_text and config.text:  # the model encodes the text itself, as it learns
         tokens, lengths = map(torch.as_tensor, text_tokens(config, items))
@@ -42,112 +88,63 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
         text = torch.as_tensor(text_vectors(config, items))
     return TowerInputs(
         text=text,
-        categorical=tuple(torch.as_tensor(codes) for codes, _ in categorical),
-        vocab_sizes=tuple(size for _, size in categorical),
+        categorical={name: torch.as_tensor(codes) for name, (codes, _) in categorical.items()},
+        vocab_sizes={name: size for name, (_, size) in categorical.items()},
         id_known=torch.as_tensor(train_counts > 0),
         n_users=len(user_ids),
-        user_categorical=tuple(torch.as_tensor(codes) for codes, _ in user_categorical),
-        user_vocab_sizes=tuple(size for _, size in user_categorical),
+        item_ids=config.item_ids,
+        user_ids=config.user_ids,
+        user_categorical={n: torch.as_tensor(codes) for n, (codes, _) in user_categorical.items()},
+        user_vocab_sizes={name: size for name, (_, size) in user_categorical.items()},
         tokens=tokens,
         token_lengths=lengths,
     )
 
 
-def text_vectors(config: TwoTowerConfig | RerankerConfig, items: pd.DataFrame) -> np.ndarray:
-    """(n_items + 1, n_text, text_dim) float32 unit vectors; zeros where an item lacks the text.
-    Reads `config.text`, `.encoder` and `.text_max_tokens`, which both models' configs have."""
-    if not config.text:
-        return np.zeros((len(items) + 1, 0, 1), np.float32)
-    encoder = TextEncoder(config.encoder)
-    out = np.zeros((len(items) + 1, len(config.text), encoder.dim), np.float32)
-    for slot, sentences in enumerate(_text_sentences(config, items, encoder.tokenizer)):
-        rows = np.flatnonzero([bool(s) for s in sentences])
-        if len(rows):
-            texts = [sentences[r] for r in rows]
-            out[rows + 1, slot] = encode_texts(encoder, texts, normalize=True, progress=True)
-    return out
+class TwoTowerRetriever(nn.Module):
+    """A `TwoTower` over its catalogue: `score(history, users)` = user vectors @ item vectors.T.
 
-
-def text_tokens(config: TwoTowerConfig, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (n_items + 1, n_text, T) int64 (pad id after the end) and lengths
-    (n_items + 1, n_text), 0 where an item lacks the text: what a fine-tuned encoder reads."""
-    encoder = TextEncoder(config.encoder)
-    per_slot = []  # (item rows with text, their token lists) per attribute
-    for sentences in _text_sentences(config, items, encoder.tokenizer):
-        rows = [r for r, s in enumerate(sentences) if s]
-        per_slot.append((rows, encoder.tokenize([sentences[r] for r in rows])))
-    width = max([1] + [len(ids) for _, lists in per_slot for ids in lists])
-    tokens = np.full((len(items) + 1, len(per_slot), width), encoder.tokenizer.pad_token_id or 0,
-                     np.int64)
-    lengths = np.zeros((len(items) + 1, len(per_slot)), np.int64)
-    for slot, (rows, lists) in enumerate(per_slot):
-        for row, ids in zip(rows, lists, strict=True):
-            tokens[row + 1, slot, : len(ids)] = ids
-            lengths[row + 1, slot] = len(ids)
-    return tokens, lengths
-
-
-def _text_sentences(config: TwoTowerConfig | RerankerConfig, items: pd.DataFrame,
-                    tokenizer) -> list[list[str]]:
-    """Per text attribute, one sentence per item ("" where the item has none)."""
-    out = []
-    for column in config.text:
-        sentences = item_sentences(items, (column,), max_tokens=config.text_max_tokens,
-                                   max_length=None, tokenizer=tokenizer).sentences
-        missing = sum(not s for s in sentences)
-        if missing:
-            log.info("text %r: %d of %d items have none (zero vector)", column, missing,
-                     len(items))
-        out.append(sentences)
-    return out
-
-
-def categorical_codes(values: pd.Series, max_values: int) -> tuple[np.ndarray, int]:
-    """Attribute values (str | list[str] | missing) -> codes (n + 1, width) with -1 = none.
-
-    Codes count distinct values in order of first appearance; an item keeps its first
-    `max_values` values. Returns the codes and the number of distinct values.
+    Its state is the model's alone (`model.*`); the catalogue stays on the CPU and each batch's
+    features move to the model's device.
     """
-    vocab: dict[str, int] = {}
-    rows = [[vocab.setdefault(v, len(vocab)) for v in _values(x)[:max_values]] for x in values]
-    width = max(1, max((len(r) for r in rows), default=0))
-    codes = np.full((len(rows) + 1, width), -1, np.int64)
-    for i, row in enumerate(rows, start=1):
-        codes[i, : len(row)] = row
-    return codes, len(vocab)
 
+    def __init__(self, model: TwoTower, inputs: TowerInputs):
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
+        self.max_len = model.config.max_len
+        self.n_items = len(inputs.id_known) - 1
 
-def _values(value) -> list[str]:
-    """The distinct non-empty cleaned strings of one attribute value, in order."""
-    if isinstance(value, list | tuple | np.ndarray):
-        cleaned = (clean_text(v) for v in value)
-    else:
-        cleaned = (clean_text(value),)
-    return list(dict.fromkeys(v for v in cleaned if v))
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The item features, in the order of a feature mask's columns."""
+        return self.model.item_tower.feature_names
 
+    def _items(self, rows: torch.Tensor) -> ItemFeatures:
+        dropout = self.model.config.id_dropout if self.training else 0.0
+        return self.inputs.items(rows.cpu(), dropout).to(self._device())
 
-def user_attribute_codes(users: pd.DataFrame | None, user_ids: Sequence[str],
-                         columns: Sequence[str], max_values: int,
-                         section: str) -> list[tuple[np.ndarray, int]]:
-    """Per user attribute: codes (len(user_ids), width) aligned to `user_ids` (-1 = none) and
-    the number of distinct values; `section` names the config that asked for them."""
-    if not columns:
-        return []
-    if users is None:
-        raise ValueError(f"{section}.user_categorical is set but the dataset has no "
-                         "users.parquet")
-    require_columns(users, columns, "users.parquet", section)
-    aligned = users.drop_duplicates("user_id").set_index("user_id").reindex(list(user_ids))
-    coded = (categorical_codes(aligned[c], max_values) for c in columns)
-    return [(codes[1:], size) for codes, size in coded]  # codes row 0 is the padding row
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
+    def item_vectors(self, items: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, dim) for `items` (n,), by default the whole catalogue with row 0 (padding) = 0;
+        mask (n, F) bool hides features (True = hidden)."""
+        if items is None:
+            vectors = self.model.item_vectors(self._items(torch.arange(self.n_items + 1)))
+            return torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
+        return self.model.item_vectors(self._items(items), mask)
 
-def require_columns(table: pd.DataFrame, columns: Sequence[str], name: str,
-                    section: str) -> None:
-    """A clear error naming the first of `columns` (asked for by config `section`) missing
-    from `table` (the file `name`)."""
-    missing = [c for c in dict.fromkeys(columns) if c not in table.columns]
-    if missing:
-        known = ", ".join(c for c in table.columns if not c.endswith("_id"))
-        raise ValueError(f"{name} has no attribute {missing[0]!r} named in {section} "
-                         f"(attributes: {known})")
+    def user_vectors(self, history: torch.Tensor,
+                     users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) item indices left-padded with 0, users (batch,) -> (batch, dim)."""
+        history = history[:, -self.max_len:]
+        unique, where = torch.unique(history, return_inverse=True)  # each distinct item once
+        bags = None if users is None else self.inputs.users(users.cpu())
+        return self.model.user_vectors(self._items(unique), where, history > 0,
+                                       None if bags is None else bags.to(self._device()))
+
+    def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) -> scores (batch, n_items + 1); column 0 (padding) is meaningless."""
+        return self.user_vectors(history, users) @ self.item_vectors().T

@@ -6,22 +6,25 @@
     InteractionArch  DCN-v2 cross layers over x0 = [sparse flattened, dense out] -> (B, d0)
     OverArch         MLP -> (B,) logits
 
-`Reranker.forward(users, items, history, stats)` returns logits; it knows nothing of labels or
-losses (BCE lives in the CTR task), so the same call scores any (user, candidate) pairs: a
-retrieval stage's top-K per user to rerank. Item features are precomputed outside the model
-(`RerankerInputs`: frozen text-encoder vectors, padded attribute codes), so it never sees a dataset.
+`Reranker.forward(lists)` returns the logits of B lists of K candidates; it knows nothing of
+labels or losses (BCE lives in the CTR task), so the same call scores any (user, candidate)
+pairs: a labelled row is a list of one, a retrieval stage's top-K per user a list of K. The model
+holds parameters only: a batch arrives as `ListFeatures` (ID and attribute bags as
+KeyedJaggedTensors, frozen text vectors), built from the catalogue by `recsys.inputs.reranker`,
+which also binds the two into the index-based interface evaluation and export use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torchrec import KeyedJaggedTensor
 
 from recsys.config import RerankerConfig
-from recsys.models.two_tower import Bags
+from recsys.models.bags import Bags
 
 N_STATS = 2  # history stats per row: log1p(earlier labelled rows), smoothed positive rate
 N_RETRIEVAL = 2  # retrieval features per pair: score minus the list's top score, log1p(rank)
@@ -36,24 +39,30 @@ def n_dense_extras(config: RerankerConfig) -> int:
 
 
 @dataclass(frozen=True)
-class RerankerInputs:
-    """Model-ready tables: item row 0 is padding, user row r is the split's user row r."""
+class RerankerSizes:
+    """The table sizes a reranker is built with (what it needs of the catalogue)."""
 
-    text: torch.Tensor  # (n_items + 1, n_text, text_dim) frozen unit vectors, 0 where absent
-    categorical: tuple[torch.Tensor, ...]  # per item attribute (n_items + 1, k), -1 = none
-    vocab_sizes: tuple[int, ...]  # per item attribute: distinct values
-    user_categorical: tuple[torch.Tensor, ...]  # per user attribute (n_users, k), -1 = none
-    user_vocab_sizes: tuple[int, ...]
-    item_known: torch.Tensor  # (n_items + 1,) bool: the item has a trained ID row
-    user_known: torch.Tensor  # (n_users,) bool: the user has a trained ID row
+    user_tables: dict[str, int]  # user bag name ("user_id", attributes) -> rows
+    item_tables: dict[str, int]  # item bag name ("item_id", attributes) -> rows
+    text_width: int  # n_text * text_dim: an item's text vectors, flattened
 
-    @property
-    def n_items(self) -> int:
-        return self.text.shape[0] - 1
 
-    @property
-    def n_users(self) -> int:
-        return self.user_known.shape[0]
+@dataclass(frozen=True)
+class ListFeatures:
+    """B lists of K candidates each (the history of each list before its interaction) as the
+    reranker reads them."""
+
+    users: KeyedJaggedTensor | None  # user bags of the B * K (list, candidate) pairs
+    items: KeyedJaggedTensor | None  # item bags of the B * K candidates
+    item_text: torch.Tensor  # (B, K, text_width) the candidates' text vectors
+    history_text: torch.Tensor  # (U, text_width) the text of the histories' distinct items
+    where: torch.Tensor  # (B, L) index of each history entry among those U items
+    present: torch.Tensor  # (B, L) bool, False = padding
+    stats: torch.Tensor  # (B, K, E) the dense extras (`n_dense_extras`)
+
+    def to(self, device: torch.device) -> ListFeatures:
+        return replace(self, **{name: None if value is None else value.to(device)
+                                for name, value in vars(self).items()})
 
 
 def mlp(inputs: int, widths: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
@@ -66,43 +75,31 @@ def mlp(inputs: int, widths: Sequence[int], dropout: float) -> tuple[nn.Sequenti
 
 
 class SparseArch(nn.Module):
-    """User and item rows (B,) -> (B, S, dim): one pooled embedding per ID / attribute bag.
+    """User and item bags of n pairs -> (n, S, dim): one pooled embedding per ID / attribute bag.
 
-    IDs without a trained row (users or items absent from training) read an empty bag (zeros);
-    in training, `user_id_dropout` / `item_id_dropout` hide known IDs at that rate so the model
-    learns to score such rows from their attributes, text and history.
+    IDs without a trained row (users or items absent from training) arrive as empty bags (zeros);
+    so do the IDs `user_id_dropout` / `item_id_dropout` hide in training (recsys.inputs.reranker).
     """
 
-    def __init__(self, config: RerankerConfig, inputs: RerankerInputs):
+    def __init__(self, config: RerankerConfig, sizes: RerankerSizes):
         super().__init__()
         self.config = config
-        self.register_buffer("user_known", inputs.user_known, persistent=False)
-        self.register_buffer("item_known", inputs.item_known, persistent=False)
-        self.users = Bags(config.dim, "user_id" if config.user_ids else None, inputs.n_users,
-                          config.user_categorical, inputs.user_categorical,
-                          inputs.user_vocab_sizes)
-        self.items = Bags(config.dim, "item_id" if config.item_ids else None, inputs.n_items + 1,
-                          config.categorical, inputs.categorical, inputs.vocab_sizes)
+        self.users = Bags(config.dim, sizes.user_tables)
+        self.items = Bags(config.dim, sizes.item_tables)
         self.count = self.users.count + self.items.count
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, users: KeyedJaggedTensor | None,
+                items: KeyedJaggedTensor | None) -> torch.Tensor:
+        """Needs at least one bag (`count` > 0)."""
         parts = []
-        for bags, rows, known, dropout in (
-                (self.users, users, self.user_known, self.config.user_id_dropout),
-                (self.items, items, self.item_known, self.config.item_id_dropout)):
-            if not bags.count:
-                continue
-            keep = known[rows]  # (B,)
-            if self.training and dropout > 0:
-                keep = keep & (torch.rand(rows.shape, device=rows.device) >= dropout)
-            parts += bags(rows, torch.where(keep, rows, -1)).values()  # (B, dim) each
-        if not parts:
-            return torch.zeros(len(users), 0, self.config.dim, device=users.device)
-        return torch.stack(parts, dim=1)  # (B, S, dim)
+        for bags, rows in ((self.users, users), (self.items, items)):
+            if bags.count:
+                parts += bags(rows).values()  # (n, dim) each
+        return torch.stack(parts, dim=1)  # (n, S, dim)
 
 
 class DenseArch(nn.Module):
-    """Items (B,), history (B, L), stats (B, E) -> (B, dense_out) through an MLP.
+    """Item text (n, text_width), pooled history (n, first), stats (n, E) -> (n, dense_out).
 
     Dense input: the item's frozen text vectors, the mean text vectors of the history items
     (padding 0 excluded; zeros for an empty history) and the E extras (`n_dense_extras`: the
@@ -112,13 +109,12 @@ class DenseArch(nn.Module):
     with the mean, so this equals projecting the pooled vector, at a fraction of the memory.
     """
 
-    def __init__(self, config: RerankerConfig, inputs: RerankerInputs):
+    def __init__(self, config: RerankerConfig, sizes: RerankerSizes):
         super().__init__()
         self.config = config
-        self.register_buffer("text", inputs.text, persistent=False)
         if not config.dense_hidden:
             raise ValueError("model.reranker.dense_hidden needs at least one width")
-        text_size = inputs.text.shape[1] * inputs.text.shape[2]
+        text_size = sizes.text_width
         first = config.dense_hidden[0]
         self.item_text = nn.Linear(text_size, first)
         self.history_text = nn.Linear(text_size, first, bias=False)
@@ -127,26 +123,20 @@ class DenseArch(nn.Module):
         self.mlp, self.out = mlp(first, config.dense_hidden[1:], config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
-    def pooled_text(self, history: torch.Tensor) -> torch.Tensor:
-        """history (B, L) -> (B, n_text * text_dim) mean text of the present items (0 if none)."""
-        present = (history > 0).float()[..., None]  # (B, L, 1)
-        return (self.text[history].flatten(2) * present).sum(1) / present.sum(1).clamp(min=1.0)
-
-    def history_hidden(self, history: torch.Tensor) -> torch.Tensor:
-        """history (B, L) -> (B, first): the projected mean text of the present items."""
-        unique, where = torch.unique(history, return_inverse=True)
-        projected = self.history_text(self.text[unique].flatten(1))[where]  # (B, L, first)
-        present = (history > 0).float()[..., None]  # (B, L, 1)
+    def history_hidden(self, lists: ListFeatures) -> torch.Tensor:
+        """-> (B, first): the projected mean text of each list's present history items."""
+        projected = self.history_text(lists.history_text)[lists.where]  # (B, L, first)
+        present = lists.present.float()[..., None]  # (B, L, 1)
         return (projected * present).sum(1) / present.sum(1).clamp(min=1.0)
 
-    def forward(self, items: torch.Tensor, history: torch.Tensor | None, stats: torch.Tensor,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """`pooled` (B, first), if given, is `history_hidden(history)` already computed."""
-        pooled = self.history_hidden(history) if pooled is None else pooled
-        hidden = self.item_text(self.text[items].flatten(1)) + pooled  # (B, first)
+    def forward(self, item_text: torch.Tensor, pooled: torch.Tensor,
+                stats: torch.Tensor) -> torch.Tensor:
+        """item_text (n, text_width), pooled (n, first) = `history_hidden` of each pair's list,
+        stats (n, E) -> (n, dense_out)."""
+        hidden = self.item_text(item_text) + pooled  # (n, first)
         if self.stats is not None:
             hidden = hidden + self.stats(stats)
-        return self.mlp(self.dropout(torch.relu(hidden)))  # (B, dense_out)
+        return self.mlp(self.dropout(torch.relu(hidden)))  # (n, dense_out)
 
 
 class CrossNet(nn.Module):
@@ -183,39 +173,27 @@ class OverArch(nn.Module):
 
 
 class Reranker(nn.Module):
-    """`forward(users, items, history, stats)` -> (B,) logits of P(label = 1)."""
+    """`forward(lists)` -> (B, K) logits of P(label = 1)."""
 
-    def __init__(self, config: RerankerConfig, inputs: RerankerInputs):
+    def __init__(self, config: RerankerConfig, sizes: RerankerSizes):
         super().__init__()
         if config.recent_popularity_days and config.task != "listwise":
             raise ValueError("model.reranker.recent_popularity_days is a listwise input: set it "
                              "to 0 for task 'ctr'")
         self.config = config
-        self.max_len = config.max_len
-        self.sparse = SparseArch(config, inputs)
-        self.dense = DenseArch(config, inputs)
+        self.sparse = SparseArch(config, sizes)
+        self.dense = DenseArch(config, sizes)
         width = self.sparse.count * config.dim + self.dense.out
         self.interaction = CrossNet(width, config.cross_layers, config.cross_rank)
         self.over = OverArch(width, config.over_hidden, config.dropout)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor,
-                stats: torch.Tensor) -> torch.Tensor:
-        """users (B,) user rows, items (B,) item indices, history (B, L) item indices before the
-        interaction (left-padded with 0), stats (B, E) float -> logits (B,): lists of one."""
-        return self.score_lists(users, items[:, None], history, stats[:, None]).squeeze(1)
-
-    def score_lists(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor,
-                    stats: torch.Tensor) -> torch.Tensor:
-        """users (B,), items (B, K) candidates, history (B, L), stats (B, K, E) -> (B, K) logits.
-
-        The same logits as `forward` on the B * K flattened pairs, with the history pooled
-        once per list instead of once per candidate.
-        """
-        n_lists, k = items.shape
-        pooled = self.dense.history_hidden(history[:, -self.max_len:])  # (B, first)
-        flat_items = items.reshape(-1)  # (B * K,)
-        sparse = self.sparse(users.repeat_interleave(k), flat_items).flatten(1)  # (B*K, S*dim)
-        dense = self.dense(flat_items, None, stats.reshape(n_lists * k, -1),
-                           pooled.repeat_interleave(k, dim=0))  # (B * K, dense_out)
-        logits = self.over(self.interaction(torch.cat([sparse, dense], dim=1)))
-        return logits.reshape(n_lists, k)
+    def forward(self, lists: ListFeatures) -> torch.Tensor:
+        """B lists of K candidates -> (B, K) logits, the history pooled once per list."""
+        n_lists, k = lists.item_text.shape[:2]
+        pooled = self.dense.history_hidden(lists)  # (B, first)
+        dense = self.dense(lists.item_text.flatten(0, 1), pooled.repeat_interleave(k, dim=0),
+                           lists.stats.flatten(0, 1))  # (B * K, dense_out)
+        parts = [dense]
+        if self.sparse.count:  # (B * K, S * dim) in front
+            parts.insert(0, self.sparse(lists.users, lists.items).flatten(1))
+        return self.over(self.interaction(torch.cat(parts, dim=1))).reshape(n_lists, k)

@@ -17,7 +17,7 @@ from torch import nn
 
 from features.masking import masked_views
 from features.sequences import length_batches, next_item_pairs, pad_left, training_windows
-from recsys.config import TwoTowerConfig
+from recsys.config import LossConfig
 from recsys.data.split import Split
 from recsys.losses import full_softmax_cross_entropy, info_nce, sampled_softmax
 
@@ -60,11 +60,12 @@ class TwoTowerTask(nn.Module):
     plus `uniform_negatives` items drawn uniformly; the SSL loss reads its own uniform items.
     """
 
-    def __init__(self, model: nn.Module | None, config: TwoTowerConfig, split: Split,
+    def __init__(self, model: nn.Module | None, loss: LossConfig, split: Split, max_len: int,
                  batch_size: int, nmi: np.ndarray | None = None):
         super().__init__()
         self.model = model
-        self.config = config
+        self.loss = loss
+        self.max_len = max_len
         self.sequences = split.train  # not self.train: nn.Module.train()
         self.n_items = split.n_items
         self.batch_size = batch_size
@@ -72,10 +73,10 @@ class TwoTowerTask(nn.Module):
         lengths = np.array([len(s) for s in split.train])
         self.rows = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
         self.ends = np.concatenate([np.arange(1, n) for n in lengths] + [np.zeros(0, np.int64)])
-        log_q = _log_inclusion(split.train_item_counts, batch_size, config.uniform_negatives)
+        log_q = _log_inclusion(split.train_item_counts, batch_size, loss.uniform_negatives)
         self.register_buffer("log_q", torch.as_tensor(log_q, dtype=torch.float32),
                              persistent=False)
-        if config.masking.kind == "correlated" and nmi is None:
+        if loss.masking.kind == "correlated" and nmi is None:
             raise ValueError("correlated feature masking needs the feature NMI matrix")
 
     def __len__(self) -> int:
@@ -84,12 +85,12 @@ class TwoTowerTask(nn.Module):
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(history (batch, L), users (batch,), targets (batch,)), similar lengths together."""
         order = torch.randperm(len(self.rows)).numpy()
-        lengths = np.minimum(self.ends, self.config.max_len)
+        lengths = np.minimum(self.ends, self.max_len)
         batches = length_batches(order, lengths, self.batch_size)
         for b in torch.randperm(len(batches)).tolist():
             rows, ends = self.rows[batches[b]], self.ends[batches[b]]
             history = pad_left([self.sequences[r][:e] for r, e in zip(rows, ends, strict=True)],
-                               self.config.max_len)
+                               self.max_len)
             targets = np.array([self.sequences[r][e] for r, e in zip(rows, ends, strict=True)])
             yield torch.as_tensor(history), torch.as_tensor(rows), torch.as_tensor(targets)
 
@@ -97,7 +98,7 @@ class TwoTowerTask(nn.Module):
         """Sampled softmax (+ the SSL loss) of a `batches()` batch (a scalar)."""
         model = self.model
         history, users, targets = batch
-        cfg = self.config
+        cfg = self.loss
         # drawn on the CPU generator (the one checkpoints keep), then moved to the batch's device
         negatives = torch.randint(1, self.n_items + 1, (cfg.uniform_negatives,)).to(targets.device)
         candidates, where = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
@@ -111,10 +112,10 @@ class TwoTowerTask(nn.Module):
     def ssl_loss(self) -> torch.Tensor:
         """InfoNCE between two complementary masked views of items drawn uniformly (distinct)."""
         model = self.model
-        ssl = self.config.masking
+        ssl = self.loss.masking
         device = self.log_q.device
         items = (torch.randperm(self.n_items)[: ssl.batch_size] + 1).to(device)
-        n_features = len(model.item_tower.feature_names)
+        n_features = len(model.feature_names)
         view1, view2 = (v.to(device) for v in masked_views(ssl.kind, len(items), n_features,
                                                             self.nmi))
         return info_nce(model.item_vectors(items, view1), model.item_vectors(items, view2),

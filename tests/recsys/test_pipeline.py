@@ -15,11 +15,11 @@ from recsys.pipeline import run_pipeline, summary
 def _reranker(config, tiny_model_dir, root, lr=0.01):
     raw = config_to_dict(config)
     raw["model"] = {"name": "reranker", "reranker": {
-        "task": "listwise", "candidates": 10, "train_positions": 3, "list_size": 6,
+        "task": "listwise", "candidates": 10, "train_positions": 3,
         "history_stats": False, "blend": [0.0, 1.0], "dim": 8, "text": ["title"], "max_len": 8,
         "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
         "encoder": {"path": str(tiny_model_dir), "cache_dir": str(root / "cache")}}}
-    raw["train"].update(epochs=2, batch_size=32, lr=lr)
+    raw["train"].update(epochs=2, batch_size=32, lr=lr, loss={"list_size": 6})
     raw["export"]["k"] = 5  # of the retriever's top 10
     return config_from_dict(raw)
 

@@ -43,9 +43,10 @@ def rerank_run(root, successor_data, run, tiny_model_dir) -> Path:
     raw = config_to_dict(tiny_config(root, successor_data, epochs=1, batch_size=32))
     raw["model"] = {"name": "reranker", "reranker": {
         "task": "listwise", "retrieval_run": str(run), "candidates": 10, "train_positions": 3,
-        "list_size": 6, "history_stats": False, "blend": [0.0], "dim": 8, "text": ["title"],
+        "history_stats": False, "blend": [0.0], "dim": 8, "text": ["title"],
         "max_len": 8, "dense_hidden": [16], "over_hidden": [16],
         "encoder": {"path": str(tiny_model_dir), "cache_dir": str(root / "cache")}}}
+    raw["train"]["loss"] = {"list_size": 6}
     raw["export"] = {"k": 5}
     return fit(config_from_dict(raw)).run_dir
 

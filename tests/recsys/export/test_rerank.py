@@ -152,12 +152,12 @@ def test_tiny_retrieval_plus_rerank_run(config, tiny_model_dir, tmp_path):
     retrieval = fit(config_from_dict(raw))
     raw["model"] = {"name": "reranker", "reranker": {
         "task": "listwise", "retrieval_run": str(retrieval.run_dir), "candidates": 10,
-        "train_positions": 3, "list_size": 6, "retrieval_features": True,
+        "train_positions": 3, "retrieval_features": True,
         "history_stats": False, "blend": [0.0, 1000.0], "dim": 8, "text": ["title"], "max_len": 8,
         "recent_popularity_days": 1,
         "dense_hidden": [16], "over_hidden": [16], "dropout": 0.0,
         "encoder": {"path": str(tiny_model_dir), "cache_dir": str(tmp_path / "cache")}}}
-    raw["train"].update(epochs=3, batch_size=32, lr=0.01)
+    raw["train"].update(epochs=3, batch_size=32, lr=0.01, loss={"list_size": 6})
     assert _keeps_rng(lambda: load_data(config_from_dict(raw)))  # train.seed is the reranker's
     result = fit(config_from_dict(raw))
     test = result.metrics["test"]

@@ -3,6 +3,7 @@ seeded tiny run end to end through the one training loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from recsys.config import RerankerConfig, config_from_dict
 from recsys.data.ctr import ctr_split
-from recsys.inputs.reranker import flat_features
-from recsys.models.reranker import CrossNet, Reranker, RerankerInputs
+from recsys.inputs.reranker import RerankerInputs, RerankerScorer, flat_features
+from recsys.models.reranker import CrossNet, Reranker
 from recsys.recipes import evaluate_run
 from recsys.train.loop import fit
 
@@ -27,17 +28,23 @@ def _inputs() -> RerankerInputs:
     text[0] = 0
     genres = torch.tensor([[-1, -1], [0, 1], [1, -1], [2, -1], [0, 2], [-1, -1], [1, 2]])
     team = torch.tensor([[0], [1], [0], [-1]])
-    return RerankerInputs(text, (genres,), (3,), (team,), (2,),
+    return RerankerInputs(text, {"genres": genres}, {"genres": 3}, {"team": team}, {"team": 2},
                           item_known=torch.tensor([False, True, True, True, True, True, False]),
                           user_known=torch.tensor([True, True, True, False]))
 
 
-def _model(**overrides) -> Reranker:
+def _model(**overrides) -> RerankerScorer:
     settings = {"dim": 4, "categorical": ("genres",), "user_categorical": ("team",),
                 "dense_hidden": (8,), "over_hidden": (8,), "dropout": 0.0, "max_len": 3}
     config = RerankerConfig(**{**settings, **overrides})
+    inputs = dataclasses.replace(_inputs(), user_ids=config.user_ids, item_ids=config.item_ids)
     torch.manual_seed(0)
-    return Reranker(config, _inputs()).eval()
+    return RerankerScorer(Reranker(config, inputs.sizes), inputs).eval()
+
+
+def _lists(model: RerankerScorer, users, items, history, stats, dropout=(0.0, 0.0)):
+    """The model's features of pairs as lists of one."""
+    return model.inputs.lists(users, items[:, None], history, stats[:, None], *dropout)
 
 
 def _batch():
@@ -62,34 +69,40 @@ def test_forward_gives_one_logit_per_pair_and_ignores_left_padding():
 
 def test_recent_popularity_is_one_more_listwise_input_and_refused_for_ctr():
     model = _model(task="listwise", history_stats=False, recent_popularity_days=7)
-    assert model.dense.stats.in_features == 1  # no history stats, no retrieval features
+    assert model.model.dense.stats.in_features == 1  # no history stats, no retrieval features
     with pytest.raises(ValueError, match="recent_popularity_days is a listwise input"):
         _model(recent_popularity_days=7)
 
 
 def test_unknown_users_and_items_read_no_id_row():
     model = _model()
-    users, items, _, _ = _batch()  # user 3 and item 6 have no trained ID row
-    sparse = model.sparse(users, items)  # (B, S, dim): user_id, team, item_id, genres
-    assert sparse.shape == (3, 4, 4)
+    batch = _batch()  # user 3 and item 6 have no trained ID row
+    lists = _lists(model, *batch)
+    sparse = model.model.sparse(lists.users, lists.items)  # (B, S, dim): user_id, team, item_id,
+    assert sparse.shape == (3, 4, 4)  # genres
     assert torch.all(sparse[2, 0] == 0) and torch.all(sparse[1, 2] == 0)
     assert sparse[0, 0].abs().sum() > 0 and sparse[0, 2].abs().sum() > 0
-    torch.manual_seed(0)
-    dropped = _model(user_id_dropout=1.0).train().sparse(users, items)
-    assert torch.all(dropped[:, 0] == 0) and sparse[0, 1].abs().sum() > 0
-    assert _model(user_ids=False, item_ids=False).sparse.count == 2  # attribute bags only
+    dropped = _lists(model, *batch, dropout=(1.0, 0.0))  # what training with dropout 1 reads
+    dropped = model.model.sparse(dropped.users, dropped.items)
+    assert torch.all(dropped[:, 0] == 0) and torch.equal(dropped[:, 1:], sparse[:, 1:])
+    assert _model(user_ids=False, item_ids=False).model.sparse.count == 2  # attribute bags only
 
 
 def test_history_projection_equals_projecting_the_mean_text():
     model = _model()
-    _, items, history, stats = _batch()
-    dense = model.dense
-    pooled = dense.pooled_text(history)  # (B, text_dim)
-    hidden = dense.item_text(dense.text[items].flatten(1)) + dense.history_text(pooled) \
-        + dense.stats(stats)
-    torch.testing.assert_close(dense(items, history, stats), dense.mlp(torch.relu(hidden)))
-    np.testing.assert_allclose(pooled[2].numpy(), dense.text[[1, 1, 4]].mean(0)[0].numpy(),
-                               rtol=1e-6)
+    users, items, history, stats = _batch()
+    dense, text = model.model.dense, model.inputs.text.flatten(1)  # (n_items + 1, text_width)
+    pooled = _mean_text(text, history)  # (B, text_width)
+    hidden = dense.item_text(text[items]) + dense.history_text(pooled) + dense.stats(stats)
+    got = dense(text[items], dense.history_hidden(_lists(model, *_batch())), stats)
+    torch.testing.assert_close(got, dense.mlp(torch.relu(hidden)))
+    np.testing.assert_allclose(pooled[2].numpy(), text[[1, 1, 4]].mean(0).numpy(), rtol=1e-6)
+
+
+def _mean_text(text: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """(B, text_width) mean text of the present (non-zero) history items, 0 for none."""
+    present = (history > 0).float()[..., None]
+    return (text[history] * present).sum(1) / present.sum(1).clamp(min=1.0)
 
 
 def test_cross_layer_by_hand():
@@ -114,13 +127,13 @@ def test_tabular_features_are_the_model_features():
     part = split.test
     flat = flat_features(model.config, _inputs(), part)
     names = flat.names
-    pooled = model.dense.pooled_text(torch.as_tensor(part.history)).numpy()
+    pooled = _mean_text(_inputs().text.flatten(1), torch.as_tensor(part.history)).numpy()
     cols = [i for i, n in enumerate(names) if n.startswith("history_text_")]
     np.testing.assert_allclose(flat.matrix[:, cols], pooled, rtol=1e-5, atol=1e-6)
     assert names[:2] == ["user_id", "team"] and flat.categorical[:2] == [0, 1]
     assert {"genres=0", "genres=1", "genres=2"} <= set(names)
     genre = flat.matrix[:, [names.index(f"genres={g}") for g in range(3)]]
-    np.testing.assert_array_equal(genre.sum(1), [(_inputs().categorical[0][i] >= 0).sum()
+    np.testing.assert_array_equal(genre.sum(1), [(_inputs().categorical["genres"][i] >= 0).sum()
                                                  for i in part.items])
     unknown = ~_inputs().user_known.numpy()[part.users]
     assert np.isnan(flat.matrix[unknown, 0]).all() and not np.isnan(flat.matrix[~unknown, 0]).any()

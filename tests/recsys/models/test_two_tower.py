@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys.config import TwoTowerConfig, config_from_dict, config_to_dict
+from recsys.config import LossConfig, TwoTowerConfig, config_from_dict, config_to_dict
 from recsys.export.embeddings import export_embeddings
-from recsys.inputs.two_tower import build_tower_inputs, categorical_codes
+from recsys.inputs.tables import categorical_codes
+from recsys.inputs.two_tower import TowerInputs, TwoTowerRetriever, build_tower_inputs
 from recsys.losses import info_nce, sampled_softmax
-from recsys.models.two_tower import TowerInputs, TwoTower
+from recsys.models.two_tower import TwoTower
 from recsys.recipes import load_data, load_run
 from recsys.tasks.retrieval import TwoTowerTask, _log_inclusion
 from recsys.train.loop import fit
@@ -27,16 +28,20 @@ def _inputs(config: TwoTowerConfig, known=None) -> TowerInputs:
     text = torch.randn(N_ITEMS + 1, len(config.text), 8, generator=gen)
     genres = torch.tensor([[-1, -1], [0, 1], [1, -1], [2, -1], [0, 2], [-1, -1], [1, 2]])
     known = torch.ones(N_ITEMS + 1, dtype=torch.bool) if known is None else known
-    if not config.categorical:
-        return TowerInputs(text, (), (), known, N_USERS)
-    return TowerInputs(text, (genres,), (3,), known, N_USERS)
+    genres = {"genres": genres} if config.categorical else {}
+    return TowerInputs(text, genres, {name: 3 for name in genres}, known, N_USERS,
+                       item_ids=config.item_ids, user_ids=config.user_ids)
 
 
-def _model(**overrides) -> TwoTower:
+def _retriever(config: TwoTowerConfig, inputs: TowerInputs) -> TwoTowerRetriever:
+    torch.manual_seed(0)
+    return TwoTowerRetriever(TwoTower(config, inputs.sizes), inputs).eval()
+
+
+def _model(**overrides) -> TwoTowerRetriever:
     config = TwoTowerConfig(dim=8, hidden=16, dropout=0.0, text=("title",),
                             categorical=("genres",), **overrides)
-    torch.manual_seed(0)
-    return TwoTower(config, N_ITEMS, _inputs(config)).eval()
+    return _retriever(config, _inputs(config))
 
 
 def test_towers_return_unit_vectors_and_score_is_their_dot_product():
@@ -68,12 +73,12 @@ def test_transformer_history_pooling_handles_empty_histories():
 def test_masking_a_feature_removes_its_information():
     model = _model()
     items = torch.tensor([1, 2])
-    n_features = len(model.item_tower.feature_names)
-    assert model.item_tower.feature_names == ("item_id", "title", "genres")
+    n_features = len(model.feature_names)
+    assert model.feature_names == ("item_id", "title", "genres")
     hide_text = torch.zeros(2, n_features, dtype=torch.bool)
     hide_text[:, 1] = True
     before = model.item_vectors(items, hide_text)
-    model.item_tower.text[1:3] += 5.0  # a different text must not matter once it is hidden
+    model.inputs.text[1:3] += 5.0  # a different text must not matter once it is hidden
     torch.testing.assert_close(model.item_vectors(items, hide_text), before)
     assert not torch.allclose(model.item_vectors(items), model.item_vectors(items, hide_text))
 
@@ -81,11 +86,10 @@ def test_masking_a_feature_removes_its_information():
 def test_cold_items_get_vectors_from_their_features_alone():
     config = TwoTowerConfig(dim=8, hidden=16, dropout=0.0, text=("title",), categorical=())
     known = torch.tensor([False, True, True, True, True, True, False])  # item 6 never trained
-    torch.manual_seed(0)
-    model = TwoTower(config, N_ITEMS, _inputs(config, known)).eval()
+    model = _retriever(config, _inputs(config, known))
     before = model.item_vectors()
     with torch.no_grad():
-        model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
+        model.model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
     after = model.item_vectors()
     torch.testing.assert_close(after[6], before[6])  # no ID row is read for the cold item
     assert not torch.allclose(after[1], before[1])
@@ -127,20 +131,22 @@ def test_categorical_codes_pad_lists_scalars_and_missing_values():
     np.testing.assert_array_equal(codes, [[-1, -1], [0, 1], [1, -1], [-1, -1], [-1, -1], [2, 0]])
 
 
-def _two_tower_config(config, tiny_model_dir, tmp_path, **two_tower):
+def _two_tower_config(config, tiny_model_dir, tmp_path, loss=None, lr_groups=None,
+                      **two_tower):
     raw = config_to_dict(config)
     raw["model"] = {"name": "two_tower", "two_tower": {
-        "dim": 16, "hidden": 32, "max_len": 12, "text": ["title"], "temperature": 0.1,
+        "dim": 16, "hidden": 32, "max_len": 12, "text": ["title"],
         "encoder": {"path": str(tiny_model_dir), "cache_dir": str(tmp_path / "cache")},
         **two_tower}}
-    raw["train"].update(epochs=6, lr=0.01, batch_size=32)
+    raw["train"].update(epochs=6, lr=0.01, batch_size=32, loss={"temperature": 0.1, **(loss or {})},
+                        lr_groups=lr_groups or {})
     return config_from_dict(raw)
 
 
 def test_task_yields_every_training_transition_once_per_epoch(config, tiny_model_dir, tmp_path):
     cfg = _two_tower_config(config, tiny_model_dir, tmp_path)
     _, split = load_data(cfg)
-    task = TwoTowerTask(None, cfg.model.two_tower, split, batch_size=16)  # batches only
+    task = TwoTowerTask(None, cfg.train.loss, split, cfg.model.two_tower.max_len, batch_size=16)
     seen = []
     for history, users, targets in task.batches():
         for h, u, t in zip(history.numpy(), users.numpy(), targets.numpy(), strict=True):
@@ -154,8 +160,9 @@ def test_task_yields_every_training_transition_once_per_epoch(config, tiny_model
 
 @pytest.mark.parametrize("masking", ["none", "correlated"])
 def test_fit_learns_the_successor_pattern_and_reloads(config, tiny_model_dir, tmp_path, masking):
-    cfg = _two_tower_config(config, tiny_model_dir, tmp_path, uniform_negatives=8,
-                            masking={"kind": masking, "batch_size": 16})
+    cfg = _two_tower_config(config, tiny_model_dir, tmp_path,
+                            loss={"uniform_negatives": 8,
+                                  "masking": {"kind": masking, "batch_size": 16}})
     result = fit(cfg)
     test = result.metrics["test"]
     assert test["ndcg@10"] > 0.3  # popularity is near 0.1 here; the next item is learnable
@@ -194,12 +201,12 @@ def test_id_dropout_hides_ids_in_training_only():
     items = torch.tensor([1, 2, 3])
     eval_vectors = model.item_vectors(items)
     with torch.no_grad():
-        model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
+        model.model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
     assert not torch.allclose(model.item_vectors(items), eval_vectors)  # eval reads the ID
     model.train()
     hidden = model.item_vectors(items)
     with torch.no_grad():
-        model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
+        model.model.item_tower.bags.collection.embedding_bags["t_item_id"].weight.add_(1.0)
     torch.testing.assert_close(model.item_vectors(items), hidden)  # training never does
 
 
@@ -210,12 +217,11 @@ def test_user_attributes_are_aligned_to_split_rows_and_change_the_user_vector():
     users = pd.DataFrame({"user_id": ["u2", "u1"], "gender": ["F", "M"]})
     inputs = build_tower_inputs(config, items, users,
                                 ["u1", "u2", "u3"], np.array([0, 1, 1]))
-    assert inputs.user_categorical[0][:, 0].tolist() == [0, 1, -1]  # u1 M, u2 F, u3 none
-    assert inputs.user_vocab_sizes == (2,)
+    assert inputs.user_categorical["gender"][:, 0].tolist() == [0, 1, -1]  # u1 M, u2 F, u3 none
+    assert inputs.user_vocab_sizes == {"gender": 2}
     with pytest.raises(ValueError, match="no users.parquet"):
         build_tower_inputs(config, items, None, ["u1"], np.array([0, 1, 1]))
-    torch.manual_seed(0)
-    model = TwoTower(config, 2, inputs).eval()
+    model = _retriever(config, inputs)
     history = torch.tensor([[1, 2], [1, 2]])
     u1, u2 = model.user_vectors(history, torch.tensor([0, 1]))
     assert not torch.allclose(u1, u2)  # same history, different gender
@@ -227,7 +233,7 @@ def test_users_with_a_single_interaction_give_no_training_example():
     rows = [("solo", "a", 1), *(("u", item, t) for t, item in enumerate("abcde", start=1))]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     split = leave_one_out(frame, pd.Series(list("abcde")))
-    task = TwoTowerTask(None, TwoTowerConfig(max_len=4), split, batch_size=8)  # batches only
+    task = TwoTowerTask(None, LossConfig(), split, max_len=4, batch_size=8)  # batches only
     batches = list(task.batches())
     assert len(task) == 1 and len(batches) == 1
     history, users, targets = batches[0]

@@ -45,23 +45,27 @@ def test_constant_schedule_keeps_the_configured_rate_exactly():
     assert used[:5] == pytest.approx([0.75e-4, 1.5e-4, 2.25e-4, 3e-4, 3e-4]) and used[-1] == 3e-4
 
 
-def test_the_optimizer_takes_a_models_own_parameter_groups_and_none_without_parameters():
-    class Grouped(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
-
-        def parameter_groups(self, lr):
-            return [{"params": self.a.parameters(), "lr": lr},
-                    {"params": self.b.parameters(), "lr": lr / 10}]
-
-    cfg = TrainConfig(lr=0.1, weight_decay=0.01)
-    optimizer = build_optimizer(Grouped(), cfg)
+def test_lr_groups_give_named_parameters_their_own_rate_and_none_without_parameters():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+    cfg = TrainConfig(lr=0.1, weight_decay=0.01, lr_groups={"1": 0.01, "1.1": 0.001})
+    optimizer = build_optimizer(model, cfg)
     assert isinstance(optimizer, torch.optim.AdamW)
-    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.01]
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.01, 0.001]
+    members = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
+    assert members == [{id(p) for p in m.parameters()} for m in (model[0], model[1][0],
+                                                                  model[1][1])]  # longest wins
     assert optimizer.param_groups[0]["weight_decay"] == 0.01
+    plain = build_optimizer(model, TrainConfig(lr=0.1))
+    assert [g["lr"] for g in plain.param_groups] == [0.1]
     frozen = nn.Linear(2, 2).requires_grad_(False)
     assert build_optimizer(frozen, cfg) is None
+
+
+def test_an_lr_group_that_names_no_parameter_is_refused_naming_the_key():
+    cfg = TrainConfig(lr_groups={"model.item_tower.text_encoder": 5e-5})
+    with pytest.raises(ValueError, match=r"train.lr_groups.*'model.item_tower.text_encoder' "
+                                         r"names no trainable parameter.*start with 0, 1"):
+        build_optimizer(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), cfg)
 
 
 def test_an_epochs_last_partial_group_is_one_more_step():
