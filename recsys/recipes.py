@@ -54,6 +54,13 @@ class Recipe:
     selection: str  # the valid metric (higher is better) that picks the epoch and stops early
     artifacts: Callable[[Config, nn.Module, TrainData, Path], list[Path]] = (
         lambda config, model, data, folder: [])  # files a finished run writes besides metrics
+    offers: frozenset[str] = frozenset()  # what its model answers, besides training:
+    # ^ "scores" score(history, users) over the catalogue (a retriever a reranker can rerank),
+    # "vectors" user_vectors / item_vectors (embedding and candidate exports), "lists"
+    # score_lists of candidate lists (reranked exports)
+
+
+RETRIEVER = frozenset({"scores", "vectors"})
 
 
 def _leave_one_out(config: Config, dataset: Dataset) -> Split:
@@ -96,16 +103,16 @@ RECIPES: dict[tuple[str, str | None], Recipe] = {
         model=lambda section, dataset, split: Popularity(
             section, split.n_items, torch.as_tensor(split.train_item_counts)),
         task=lambda config, dataset, split, model: None,  # nothing to train
-        evaluate=_ranking, selection="ndcg@10"),
+        evaluate=_ranking, selection="ndcg@10", offers=frozenset({"scores"})),
     ("sasrec", None): Recipe(
         split=_leave_one_out,
         model=lambda section, dataset, split: SASRec(section, split.n_items),
         task=lambda config, dataset, split, model: NextItemTask(
             model, split, model.max_len, config.train.batch_size),
-        evaluate=_ranking, selection="ndcg@10"),
+        evaluate=_ranking, selection="ndcg@10", offers=RETRIEVER),
     ("two_tower", None): Recipe(
         split=_leave_one_out, model=_two_tower, task=_two_tower_task, evaluate=_ranking,
-        selection="ndcg@10"),
+        selection="ndcg@10", offers=RETRIEVER),
     ("reranker", "ctr"): Recipe(
         split=_ctr_split, model=_reranker,
         task=lambda config, dataset, split, model: CtrTask(
@@ -121,7 +128,7 @@ RECIPES: dict[tuple[str, str | None], Recipe] = {
             model, split.train, config.train.batch_size, config.train.loss.list_size),
         evaluate=lambda config, model, split, which: evaluate_rerank(
             model, split, which, config.eval.ks),
-        selection="ndcg@10"),
+        selection="ndcg@10", offers=frozenset({"lists"})),
 }
 
 
@@ -176,6 +183,13 @@ def run_artifacts(config: Config, model: nn.Module, split: TrainData,
     return recipe_of(config).artifacts(config, model, split, folder)
 
 
+def require(config: Config, what: str, purpose: str) -> None:
+    """Refuse, naming the model, a model whose recipe does not offer `what` (see `Recipe.offers`)
+    for `purpose`."""
+    if what not in recipe_of(config).offers:
+        raise ValueError(f"model {config.model.name!r} has no {what} {purpose}")
+
+
 def rerank_data(config: Config, interactions: pd.DataFrame | None = None) -> RerankData:
     """The retriever of `model.reranker.retrieval_run` (its best checkpoint), its split and the
     candidate lists; the retriever must have been trained on this config's dataset, whose
@@ -185,8 +199,7 @@ def rerank_data(config: Config, interactions: pd.DataFrame | None = None) -> Rer
         raise ValueError("model.reranker.retrieval_run must name a retrieval run dir for task "
                          "'listwise'")
     retriever, retrieval_config, split = load_run(Path(run) / "checkpoint" / "best")
-    if not hasattr(retriever, "score"):
-        raise ValueError(f"{run} is a {retrieval_config.model.name!r} run, not a retriever")
+    require(retrieval_config, "scores", f"to rank candidates with ({run} is not a retriever)")
     ours, theirs = config.data, retrieval_config.data
     if (Path(ours.dir).resolve(), ours.cold_items) != (Path(theirs.dir).resolve(),
                                                        theirs.cold_items):

@@ -49,7 +49,7 @@ from recsys.export.export_dir import (
     part_done,
     part_entry,
 )
-from recsys.recipes import load_run
+from recsys.recipes import load_run, require
 from recsys.runtime.atomic import write_json
 from recsys.runtime.distributed import Worker, barrier, process_group, share
 from serving.store import file_sha256
@@ -71,8 +71,7 @@ def export_candidates(
     """
     run_dir = Path(run_dir)
     model, config, split = load_run(run_dir / "checkpoint" / "best")
-    if not hasattr(model, "item_vectors"):
-        raise ValueError(f"model {config.model.name!r} has no vectors to search candidates with")
+    require(config, "vectors", "to search candidates with")
     cfg = resolve_settings(config.export, overrides, {**settings, "k": k})
     out = Path(out or cfg.out or run_dir / "candidates")
     rows = user_rows(split.users, users)  # (n,) user rows, in part order

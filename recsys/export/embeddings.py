@@ -24,7 +24,7 @@ from tqdm import tqdm
 from features.ids import PAD
 from features.sequences import pad_left
 from recsys.data.split import Split
-from recsys.recipes import load_run
+from recsys.recipes import load_run, require
 from serving.store import CURRENT, StoreError, current_version_dir, switch_current, write_store
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ def export_embeddings(
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "embeddings"
     model, config, split = load_run(run_dir / "checkpoint" / "best")
-    if not hasattr(model, "item_vectors"):
-        raise ValueError(f"model {config.model.name!r} has no embeddings to export")
+    require(config, "vectors", "to export")
 
     with torch.inference_mode():
         items = model.eval().item_vectors()[1:].float().cpu().numpy()  # (n_items, dim)

@@ -68,8 +68,8 @@ def test_export_defaults_to_the_run_dir_and_the_cli_prints_a_summary(config, cap
 
 def test_popularity_has_no_embeddings_to_export(config, capsys):
     run = fit(_short(config, name="popularity")).run_dir
-    with pytest.raises(ValueError, match="model 'popularity' has no embeddings to export"):
+    with pytest.raises(ValueError, match="model 'popularity' has no vectors to export"):
         export_embeddings(run)
     assert not (run / "embeddings").exists()
     assert main(["export", "--run", str(run), "--what", "embeddings"]) == 2
-    assert "no embeddings to export" in capsys.readouterr().err
+    assert "no vectors to export" in capsys.readouterr().err

@@ -159,7 +159,8 @@ def test_task_yields_every_training_transition_once_per_epoch(config, tiny_model
 
 
 @pytest.mark.parametrize("masking", ["none", "correlated"])
-def test_fit_learns_the_successor_pattern_and_reloads(config, tiny_model_dir, tmp_path, masking):
+def test_fit_learns_the_successor_pattern_and_reloads(config, tiny_model_dir, tmp_path, masking,
+                                                      monkeypatch):
     cfg = _two_tower_config(config, tiny_model_dir, tmp_path,
                             loss={"uniform_negatives": 8,
                                   "masking": {"kind": masking, "batch_size": 16}})
@@ -169,12 +170,20 @@ def test_fit_learns_the_successor_pattern_and_reloads(config, tiny_model_dir, tm
     model, _, split = load_run(result.run_dir / "checkpoint" / "best")
     history = torch.as_tensor(np.array([split.train[0][-3:]]))
     first = model.score(history, torch.tensor([0]))
+    assert list(model.state_dict()) == [name for name, _ in model.named_parameters()]
+    # ^ the checkpoint holds parameters only: the catalogue comes from the inputs layer, and a
+    # rebuild takes its text vectors from the cache instead of running the encoder again
+    monkeypatch.setattr("recsys.inputs.text_vectors._run", _no_encoding)
     assert torch.equal(first, load_run(result.run_dir / "checkpoint" / "best")[0].score(
         history, torch.tensor([0])))
     export_embeddings(result.run_dir, tmp_path / "emb")
     items = read_store(tmp_path / "emb" / "items")
     assert items.meta["model"] == "two_tower" and items.meta["normalized"] is True
     np.testing.assert_allclose(items.vectors, model.item_vectors()[1:].detach().numpy(), atol=1e-6)
+
+
+def _no_encoding(*args, **kwargs):
+    raise AssertionError("the text encoder ran: the cache was not used")
 
 
 def test_missing_attribute_is_a_clear_error(config, tiny_model_dir, tmp_path):
