@@ -12,6 +12,7 @@ from recsys.config.loading import (
     load_config,
     read_yaml,
 )
+from recsys.config.recformer import CorpusSet, RecformerConfig
 from recsys.config.sections import (
     Config,
     ConfigError,
@@ -33,9 +34,9 @@ from recsys.config.sections import (
 )
 
 __all__ = [
-    "Config", "ConfigError", "CtrDataConfig", "DataConfig", "EvalConfig", "ExportConfig",
-    "ItemTextConfig", "LossConfig", "MaskingConfig", "ModelConfig", "PopularityConfig",
-    "RerankerConfig", "SASRecConfig", "TextEncoderConfig", "TrackingConfig", "TrainConfig",
-    "TwoTowerConfig", "apply_override", "config_from_dict", "config_to_dict", "load_config",
-    "read_yaml",
+    "Config", "ConfigError", "CorpusSet", "CtrDataConfig", "DataConfig", "EvalConfig",
+    "ExportConfig", "ItemTextConfig", "LossConfig", "MaskingConfig", "ModelConfig",
+    "PopularityConfig", "RecformerConfig", "RerankerConfig", "SASRecConfig", "TextEncoderConfig",
+    "TrackingConfig", "TrainConfig", "TwoTowerConfig", "apply_override", "config_from_dict",
+    "config_to_dict", "load_config", "read_yaml",
 ]

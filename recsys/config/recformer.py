@@ -13,7 +13,17 @@ from typing import Annotated, Literal
 
 from annotated_types import MinLen
 
-from recsys.config.sections import Count, NonNegative, Positive, _Invalid
+from recsys.config.ranges import Count, NonNegative, Positive, _Invalid
+
+
+@dataclass(frozen=True)
+class CorpusSet:
+    """One more dataset whose users' sequences join the pre-training corpus (all of them: only
+    the target's valid and test items are kept out)."""
+
+    source: str  # converter name (recsys prepare --help lists them)
+    raw: str  # raw files, relative to the working directory
+    dir: str  # canonical dataset dir written by prepare when missing
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,17 @@ class RecformerConfig:
     temperature: Positive = 0.05  # score = cosine(sequence, item) / temperature
     pooling: Literal["cls", "mean"] = "cls"  # sequence vector: the [CLS] state, or the mean of
     # ^ all real tokens' states
+    task: Literal["finetune", "pretrain"] = "finetune"  # pretrain: MLM + item-item contrastive
+    # ^ on the corpus (its own run); finetune: next item against the catalogue's item table
+    pretrain_corpus: tuple[CorpusSet, ...] = ()  # pretrain: datasets beside the target's train
+    # ^ prefixes
+    init_from: str | None = None  # finetune: a pretrain run dir whose best checkpoint starts
+    # ^ the encoder; None = the backbone's own weights (no pre-training)
+    refresh_every: Count = 1  # finetune stage 1: re-encode the catalogue into the item table
+    # ^ every N epochs
+    stage1_epochs: NonNegative = 20  # finetune: epochs of stage 1; later ones (stage 2) keep
+    # ^ the item table frozen as it was last encoded
+    encode_batch: Count = 64  # items per forward pass when the catalogue is encoded
 
     def __post_init__(self):
         if self.max_item_positions < self.max_items + 1:

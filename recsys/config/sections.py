@@ -12,27 +12,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Gt, Interval, MinLen
+from annotated_types import Ge, MinLen
 
-
-class ConfigError(ValueError):
-    """A config file or override that does not match the schema."""
-
-
-# Value ranges, checked at load (annotated-types constraints, as pydantic reads them too).
-Count = Annotated[int, Ge(1)]  # sizes, lengths, steps: at least one
-NonNegative = Annotated[int, Ge(0)]
-Positive = Annotated[float, Gt(0)]
-Share = Annotated[float, Interval(ge=0, lt=1)]  # dropout rates, shares of a catalogue
-Quantile = Annotated[float, Interval(gt=0, lt=1)]
-
-
-class _Invalid(ValueError):
-    """A rule across keys of one section broken; `key` names the key to change."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(problem)
-        self.key = key
+from recsys.config.ranges import (  # noqa: F401 (ConfigError is part of this module's API)
+    ConfigError,
+    Count,
+    NonNegative,
+    Positive,
+    Quantile,
+    Share,
+    _Invalid,
+)
+from recsys.config.recformer import RecformerConfig
 
 
 @dataclass(frozen=True)
@@ -119,6 +110,9 @@ class LossConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)  # two_tower: SSL loss
     list_size: NonNegative = 32  # listwise reranker: candidates per training list (positive +
     # ^ sampled); 0 = all K
+    mlm_probability: Share = 0.15  # recformer pretrain: share of key/value tokens masked
+    mlm_weight: Annotated[float, Ge(0)] = 0.1  # recformer pretrain: weight of the MLM loss
+    # ^ beside the item-item contrastive one
 
 
 @dataclass(frozen=True)
@@ -188,6 +182,7 @@ class ModelConfig:
     popularity: PopularityConfig | None = None
     two_tower: TwoTowerConfig | None = None
     reranker: RerankerConfig | None = None
+    recformer: RecformerConfig | None = None
 
     def __post_init__(self):
         models = [f.name for f in dataclasses.fields(self) if f.name != "name"]
