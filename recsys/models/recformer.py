@@ -168,6 +168,11 @@ class Recformer(nn.Module):
         """Sequences (each input (B, T) int64) -> vectors (B, dim): the [CLS] state, or the
         mean over attention_mask == 1 (config.pooling). A single item is a one-item sequence."""
         states = self.hidden_states(tokens, token_types, item_positions, attention_mask)
+        return self.pool(states, attention_mask)
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states (B, T, dim) -> sequence vectors (B, dim) as config.pooling says (for a
+        caller that needs the states too, e.g. pre-training's MLM head)."""
         if self.config.pooling == "cls":
             return states[:, 0]  # (B, dim)
         return mean_pool(states, attention_mask)  # (B, dim)
@@ -183,3 +188,32 @@ class Recformer(nn.Module):
         params = sum(p.numel() for p in self.parameters())
         return f"backbone={self.path.name}, dim={self.dim}, params={params:,}"
 
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head for pre-training: dense + GELU + LayerNorm, then logits over the
+    vocabulary through the backbone's input word embeddings (tied, as BERT ties them) plus an
+    output bias. The bundled MiniLM ships no MLM head, so this one starts fresh.
+
+        head = MaskedLMHead.matching(model)
+        logits = head(states[masked], model.backbone.get_input_embeddings().weight)  # (N, V)
+    """
+
+    def __init__(self, dim: int, vocab_size: int, eps: float = 1e-12, std: float = 0.02):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))  # (V,)
+        nn.init.normal_(self.dense.weight, std=std)  # as BERT initialises its heads
+        nn.init.zeros_(self.dense.bias)
+
+    @classmethod
+    def matching(cls, model: Recformer) -> MaskedLMHead:
+        """A head sized for `model`'s backbone (hidden size, vocabulary, LayerNorm eps)."""
+        config = model.backbone.config
+        return cls(model.dim, config.vocab_size, getattr(config, "layer_norm_eps", 1e-12),
+                   getattr(config, "initializer_range", 0.02))
+
+    def forward(self, states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        """states (N, dim) of the masked positions, word_embeddings (V, dim) -> logits (N, V)."""
+        hidden = self.norm(F.gelu(self.dense(states)))  # (N, dim)
+        return hidden @ word_embeddings.T + self.bias  # (N, V)
