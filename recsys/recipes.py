@@ -30,13 +30,16 @@ from recsys.eval.ctr import SELECT as CTR_SELECT
 from recsys.eval.ctr import evaluate_ctr, write_calibration
 from recsys.eval.rerank import evaluate_rerank
 from recsys.eval.retrieval import evaluate
+from recsys.inputs.recformer import RecformerRetriever, build_item_tokens, load_tokenizer
 from recsys.inputs.rerank_lists import RerankData
 from recsys.inputs.reranker import RerankerScorer, build_reranker_inputs
 from recsys.inputs.two_tower import TwoTowerRetriever, build_tower_inputs
-from recsys.models import Popularity, Reranker, SASRec, TwoTower
+from recsys.models import Popularity, Recformer, Reranker, SASRec, TwoTower
 from recsys.runtime.checkpoint import load_weights, read_checkpoint
 from recsys.tasks.ctr import CtrTask
+from recsys.tasks.hooks import Hook
 from recsys.tasks.listwise import ListwiseTask
+from recsys.tasks.recformer import ItemTableRefresh, RecformerTask
 from recsys.tasks.retrieval import NextItemTask, TwoTowerTask
 
 TrainData = Split | CtrSplit | RerankData  # what a kind trains and is evaluated on
@@ -54,6 +57,7 @@ class Recipe:
     selection: str  # the valid metric (higher is better) that picks the epoch and stops early
     artifacts: Callable[[Config, nn.Module, TrainData, Path], list[Path]] = (
         lambda config, model, data, folder: [])  # files a finished run writes besides metrics
+    hooks: Callable[[Config], list[Hook]] = lambda config: []  # its task's training-loop hooks
     offers: frozenset[str] = frozenset()  # what its model answers, besides training:
     # ^ "scores" score(history, users) over the catalogue (a retriever a reranker can rerank),
     # "vectors" user_vectors / item_vectors (embedding and candidate exports), "lists"
@@ -97,6 +101,20 @@ def _ranking(config: Config, model: nn.Module, split: Split, which: str) -> dict
     return evaluate(model, split, which, config.eval)
 
 
+def _recformer(section, dataset: Dataset, split: Split) -> RecformerRetriever:
+    catalogue = build_item_tokens(section, dataset.items, load_tokenizer(section))
+    return RecformerRetriever(Recformer(section), catalogue, encode_batch=section.encode_batch)
+
+
+def _recformer_task(config: Config, dataset: Dataset, split: Split, model: RecformerRetriever):
+    """Fine-tuning; a run that starts (not one rebuilt to evaluate) takes its encoder from the
+    pre-training run `init_from` (its best checkpoint) before the first step."""
+    start = config.model.recformer.init_from
+    if start is not None:
+        load_weights(Path(start) / "checkpoint" / "best", model.model, prefix="model.")
+    return RecformerTask(model, split, config.train.batch_size)
+
+
 RECIPES: dict[tuple[str, str | None], Recipe] = {
     ("popularity", None): Recipe(
         split=_leave_one_out,
@@ -113,6 +131,11 @@ RECIPES: dict[tuple[str, str | None], Recipe] = {
     ("two_tower", None): Recipe(
         split=_leave_one_out, model=_two_tower, task=_two_tower_task, evaluate=_ranking,
         selection="ndcg@10", offers=RETRIEVER),
+    ("recformer", "finetune"): Recipe(
+        split=_leave_one_out, model=_recformer, task=_recformer_task, evaluate=_ranking,
+        selection="ndcg@10", offers=RETRIEVER,
+        hooks=lambda config: [ItemTableRefresh(config.model.recformer.refresh_every,
+                                               config.model.recformer.stage1_epochs)]),
     ("reranker", "ctr"): Recipe(
         split=_ctr_split, model=_reranker,
         task=lambda config, dataset, split, model: CtrTask(
@@ -175,6 +198,11 @@ def evaluate_model(config: Config, model: nn.Module, split: TrainData,
 def selection_metric(config: Config) -> str:
     """The validation metric (higher is better) that picks the best epoch and stops early."""
     return recipe_of(config).selection
+
+
+def recipe_hooks(config: Config) -> list[Hook]:
+    """The training-loop hooks the model's task needs (before any the caller adds)."""
+    return recipe_of(config).hooks(config)
 
 
 def run_artifacts(config: Config, model: nn.Module, split: TrainData,

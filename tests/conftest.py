@@ -132,3 +132,37 @@ def tiny_model_dir(tmp_path_factory):
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def run_server():
+    """run(app) -> base URL of a real uvicorn server on a free loopback port, in a thread;
+    every server started is stopped at teardown."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    started = []
+
+    def run(app):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", access_log=False,
+                                               log_level="warning", log_config=None))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        started.append((server, thread, sock))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield run
+    for server, thread, sock in started:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import AutoTokenizer
 
 from features.text import clean_text
@@ -249,3 +251,60 @@ def encode_items(model: Recformer, catalogue: ItemTokens, indices: Sequence[int]
     finally:
         model.train(was_training)
     return out
+
+
+# --- the model bound to its catalogue ----------------------------------------------------
+
+
+class RecformerRetriever(nn.Module):
+    """A Recformer over its catalogue's token lists: `score(history, users)` = cosine of the
+    sequence vector and the item table / temperature.
+
+    The item table (n_items + 1, dim) is the catalogue encoded by the model itself, each item
+    alone (`refresh_items`); it is a buffer, saved with the weights, so a checkpoint scores as
+    it did when it was saved. Fine-tuning re-encodes it at epoch starts (stage 1), then keeps it
+    (stage 2); gradients reach the sequence side only. `mlm_head` is set for pre-training.
+    """
+
+    def __init__(self, model: Recformer, catalogue: ItemTokens,
+                 mlm_head: nn.Module | None = None, encode_batch: int = 64):
+        super().__init__()
+        self.model = model
+        self.catalogue = catalogue
+        self.mlm_head = mlm_head
+        self.encode_batch = encode_batch
+        self.max_len = model.config.max_items
+        self.n_items = catalogue.n_items
+        self.register_buffer("item_table", torch.zeros(self.n_items + 1, model.dim))
+
+    def refresh_items(self) -> None:
+        """Encode every catalogue item into `item_table` (row 0, padding, stays 0)."""
+        vectors = encode_items(self.model, self.catalogue, np.arange(1, self.n_items + 1),
+                               self.encode_batch)
+        self.item_table[1:] = vectors.to(self.item_table.device)
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, dim) unit vectors of `items` (n,), by default the whole table (row 0 = 0)."""
+        table = F.normalize(self.item_table, dim=-1)
+        return table if items is None else table[items]
+
+    def sequence_vectors(self, history: torch.Tensor) -> torch.Tensor:
+        """history (batch, L) item indices left-padded with 0 -> (batch, dim), with gradients;
+        encoded `encode_batch` sequences at a time (attention memory grows with the square of
+        the tokens)."""
+        history = history.cpu().numpy()
+        device = self.item_table.device
+        parts = []
+        for start in range(0, len(history), self.encode_batch):
+            inputs = self.catalogue.sequences(history[start : start + self.encode_batch])
+            parts.append(self.model.encode(*(t.to(device) for t in inputs)))
+        return torch.cat(parts)
+
+    def user_vectors(self, history: torch.Tensor,
+                     users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) -> (batch, dim) unit vectors; `users` are not read."""
+        return F.normalize(self.sequence_vectors(history).float(), dim=-1)
+
+    def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """history (batch, L) -> (batch, n_items + 1) scores; column 0 (padding) is meaningless."""
+        return self.model.score(self.sequence_vectors(history), self.item_table)

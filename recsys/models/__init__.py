@@ -3,8 +3,9 @@ table sizes of its catalogue; what a batch reads arrives with the batch (the tab
 `recsys.recipes.RECIPES` says which model a config names and how its inputs are made)."""
 
 from recsys.models.popularity import Popularity
+from recsys.models.recformer import Recformer
 from recsys.models.reranker import Reranker
 from recsys.models.sasrec import SASRec
 from recsys.models.two_tower import TwoTower
 
-__all__ = ["Popularity", "Reranker", "SASRec", "TwoTower"]
+__all__ = ["Popularity", "Recformer", "Reranker", "SASRec", "TwoTower"]

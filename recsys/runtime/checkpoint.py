@@ -85,12 +85,16 @@ def restore_training(
     return doc["state"]
 
 
-def load_weights(path: Path, model: nn.Module) -> None:
+def load_weights(path: Path, model: nn.Module, prefix: str = "") -> None:
     """Load only the model weights of a checkpoint into `model`; refuse damaged or diverged
-    (NaN / inf) weights and weights of another shape, naming the file."""
+    (NaN / inf) weights and weights of another shape, naming the file. With `prefix`, only the
+    checkpoint's weights under it (the prefix cut off) are loaded: a part of the saved model."""
     file = _existing(path) / "model.safetensors"
+    tensors = _read_tensors(file)
+    if prefix:
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
-        model.load_state_dict(_read_tensors(file))
+        model.load_state_dict(tensors)
     except RuntimeError as err:  # missing / unexpected keys, size mismatches
         raise CheckpointError(f"{file}: the weights do not fit the model its config builds "
                               f"({' '.join(str(err).split())[:300]})") from None

@@ -9,7 +9,7 @@ group, so their gradients add up to the group's mean); the epoch's last, partial
 `state["step"]` counts optimizer steps, and the LR schedule (`recsys.train.optimizer`) steps with
 it. `train.precision: bf16` runs forward and loss under bf16 autocast; `train.device: cuda` puts
 the task (and so its model) and every batch on the GPU, while evaluation runs on the CPU.
-Hooks (`recsys.train.hooks`) run at step and epoch boundaries.
+Hooks (`recsys.tasks.hooks`) run at step and epoch boundaries.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from recsys.recipes import (
     evaluate_model,
     load_data,
     new_model,
+    recipe_hooks,
     run_artifacts,
     selection_metric,
     training_task,
@@ -52,7 +53,7 @@ from recsys.runtime.checkpoint import (
 )
 from recsys.runtime.memory import keep_freed_memory
 from recsys.runtime.plots import training_curve
-from recsys.train.hooks import Hook, LoopContext, by_name
+from recsys.tasks.hooks import Hook, LoopContext, by_name
 from recsys.train.optimizer import build_optimizer, build_schedule, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def fit(config: Config | None, resume: str | Path | None = None,
     if resume is not None:
         config = config_from_dict(read_yaml(Path(resume) / "config.yaml", "run config"))
     cfg = config.train
-    named = by_name(hooks)
+    named = by_name([*recipe_hooks(config), *hooks])
     device = _device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -10,7 +10,7 @@ import torch
 
 from recsys.config import ConfigError
 from recsys.recipes import evaluate_run
-from recsys.train.hooks import Hook
+from recsys.tasks.hooks import Hook
 from recsys.train.loop import fit
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from recsys.config import config_from_dict
-from recsys.train.hooks import Hook, LoopContext, by_name
+from recsys.tasks.hooks import Hook, LoopContext, by_name
 from recsys.train.loop import _one_epoch
 
 
@@ -118,7 +118,7 @@ def test_hooks_are_keyed_by_a_unique_name():
     renamed = Counter()
     renamed.name = "second"
     assert list(by_name([Counter(), renamed])) == ["Counter", "second"]
-    with pytest.raises(TypeError, match="is not a recsys.train.hooks.Hook"):
+    with pytest.raises(TypeError, match="is not a recsys.tasks.hooks.Hook"):
         by_name([object()])
 
 

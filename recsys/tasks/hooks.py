@@ -76,7 +76,7 @@ def by_name(hooks: Iterable[Hook]) -> dict[str, Hook]:
     named: dict[str, Hook] = {}
     for hook in hooks:
         if not isinstance(hook, Hook):
-            raise TypeError(f"{hook!r} is not a recsys.train.hooks.Hook")
+            raise TypeError(f"{hook!r} is not a recsys.tasks.hooks.Hook")
         name = hook.name or type(hook).__name__
         if name in named:
             raise ValueError(f"two training hooks are named {name!r}: give each its own `name` "

@@ -1,0 +1,82 @@
+"""Recformer fine-tuning through the one loop, and a tiny Recformer run down the whole path:
+evaluation, faiss index, candidates, listwise reranker, reranked candidates, embeddings, serving."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from recsys.config import config_from_dict, config_to_dict
+from recsys.export.embeddings import export_embeddings
+from recsys.pipeline import run_pipeline
+from recsys.recipes import evaluate_run, load_run
+from recsys.train.loop import fit
+from serving.app import Limits, create_app
+from serving.candidates import CandidateLookup
+from serving.lookup import EmbeddingStore
+from tests.recsys.test_pipeline import _reranker
+
+
+def _recformer_config(config, tiny_model_dir, epochs=2, **section):
+    raw = config_to_dict(config)
+    raw["model"] = {"name": "recformer", "recformer": {
+        "backbone": str(tiny_model_dir), "layers": 1, "attributes": ["title"],
+        "max_attr_tokens": 8, "max_item_tokens": 12, "max_tokens": 48, "max_items": 8,
+        "max_item_positions": 9, "encode_batch": 16, **section}}
+    raw["train"].update(epochs=epochs, batch_size=16, lr=0.005)
+    return config_from_dict(raw)
+
+
+def test_fine_tuning_refreshes_the_item_table_in_stage_1_only_and_the_run_reloads(
+        config, tiny_model_dir, monkeypatch):
+    from recsys.inputs.recformer import RecformerRetriever
+
+    refreshed = []
+    original = RecformerRetriever.refresh_items
+
+    def counting(self):
+        refreshed.append(self.item_table.clone())
+        original(self)
+
+    monkeypatch.setattr(RecformerRetriever, "refresh_items", counting)
+    cfg = _recformer_config(config, tiny_model_dir, epochs=4, stage1_epochs=2)
+    result = fit(cfg)
+    assert len(refreshed) == 2  # epochs 0 and 1; stage 2 (epochs 2, 3) keeps the table
+    assert torch.all(refreshed[0] == 0) and not torch.equal(refreshed[1], refreshed[0])
+    test = result.metrics["test"]
+    assert test["ndcg@10"] > 0 and result.metrics["epochs"] == 4
+    model, _, _ = load_run(result.run_dir / "checkpoint" / "best")
+    assert model.item_table[1:].abs().sum() > 0  # the table comes back with the weights
+    assert evaluate_run(result.run_dir)["ndcg@10"] == pytest.approx(test["ndcg@10"], abs=1e-6)
+    assert len(refreshed) == 2  # rebuilding a run never re-encodes its catalogue
+
+
+def test_a_tiny_recformer_goes_down_the_whole_path(config, tiny_model_dir, tmp_path,
+                                                   run_server):
+    retriever = _recformer_config(config, tiny_model_dir)
+    retriever = dataclasses.replace(retriever, export=dataclasses.replace(retriever.export,
+                                                                          k=10))
+    result = run_pipeline(retriever, _reranker(config, tiny_model_dir, tmp_path))
+    ran = [s.name for s in result.stages]
+    assert ran == ["prepare", "retriever", "evaluate", "index", "candidates", "reranker",
+                   "reranked candidates"]
+    assert result.rerank_test["retrieval_ndcg@10"] == result.test["ndcg@10"]
+
+    export_embeddings(result.run_dir, tmp_path / "emb")
+    store = EmbeddingStore(tmp_path / "emb" / "items", unknown="zeros")
+    model, _, split = load_run(Path(result.run_dir) / "checkpoint" / "best")
+    vectors, found = store.get(list(split.items.lookup(np.array([1]))))  # item index 1
+    assert found.all()
+    np.testing.assert_allclose(vectors[0], model.item_vectors()[1].numpy(), atol=1e-6)
+    candidates = Path(next(s.output for s in result.stages if s.name == "candidates"))
+    app = create_app(store, CandidateLookup(candidates), Limits())
+    with httpx.Client(base_url=run_server(app), timeout=10) as client:
+        user = split.users.ids[0]
+        got = client.get(f"/candidates/{user}")
+        assert got.status_code == 200, got.text
+        assert len(got.json()["candidates"]) == 10
