@@ -31,15 +31,18 @@ from recsys.eval.ctr import evaluate_ctr, write_calibration
 from recsys.eval.rerank import evaluate_rerank
 from recsys.eval.retrieval import evaluate
 from recsys.inputs.recformer import RecformerRetriever, build_item_tokens, load_tokenizer
+from recsys.inputs.recformer_corpus import build_corpus
 from recsys.inputs.rerank_lists import RerankData
 from recsys.inputs.reranker import RerankerScorer, build_reranker_inputs
 from recsys.inputs.two_tower import TwoTowerRetriever, build_tower_inputs
 from recsys.models import Popularity, Recformer, Reranker, SASRec, TwoTower
+from recsys.models.recformer import MaskedLMHead
 from recsys.runtime.checkpoint import load_weights, read_checkpoint
 from recsys.tasks.ctr import CtrTask
 from recsys.tasks.hooks import Hook
 from recsys.tasks.listwise import ListwiseTask
 from recsys.tasks.recformer import ItemTableRefresh, RecformerTask
+from recsys.tasks.recformer_pretrain import PretrainTask
 from recsys.tasks.retrieval import NextItemTask, TwoTowerTask
 
 TrainData = Split | CtrSplit | RerankData  # what a kind trains and is evaluated on
@@ -103,7 +106,31 @@ def _ranking(config: Config, model: nn.Module, split: Split, which: str) -> dict
 
 def _recformer(section, dataset: Dataset, split: Split) -> RecformerRetriever:
     catalogue = build_item_tokens(section, dataset.items, load_tokenizer(section))
-    return RecformerRetriever(Recformer(section), catalogue, encode_batch=section.encode_batch)
+    model = Recformer(section)
+    head = MaskedLMHead.matching(model) if section.task == "pretrain" else None
+    return RecformerRetriever(model, catalogue, head, encode_batch=section.encode_batch)
+
+
+def _pretrain_task(config: Config, dataset: Dataset, split: Split, model: RecformerRetriever):
+    """MLM + item-item contrastive on the target's train prefixes and the corpus sets, none of
+    which may be the target itself (its valid and test items would leak into training)."""
+    section = config.model.recformer
+    target = {Path(config.data.raw).resolve(), Path(config.data.dir).resolve()}
+    for i, corpus_set in enumerate(section.pretrain_corpus):
+        if target & {Path(corpus_set.raw).resolve(), Path(corpus_set.dir).resolve()}:
+            raise ValueError(f"config key 'model.recformer.pretrain_corpus[{i}]': "
+                             f"{corpus_set.dir} is the target dataset; its train prefixes "
+                             "join the corpus anyway, and its valid and test items must not")
+    corpus = build_corpus(section, dataset.items, split.train, load_tokenizer(section))
+    return PretrainTask(model, corpus, config.train.loss, config.train.batch_size)
+
+
+def _zero_shot(config: Config, model: RecformerRetriever, split: Split,
+               which: str) -> dict[str, float]:
+    """Retrieval metrics of the pre-trained encoder on the target, never fine-tuned on it: the
+    catalogue is encoded by the current weights first."""
+    model.refresh_items()
+    return evaluate(model, split, which, config.eval)
 
 
 def _recformer_task(config: Config, dataset: Dataset, split: Split, model: RecformerRetriever):
@@ -136,6 +163,9 @@ RECIPES: dict[tuple[str, str | None], Recipe] = {
         selection="ndcg@10", offers=RETRIEVER,
         hooks=lambda config: [ItemTableRefresh(config.model.recformer.refresh_every,
                                                config.model.recformer.stage1_epochs)]),
+    ("recformer", "pretrain"): Recipe(
+        split=_leave_one_out, model=_recformer, task=_pretrain_task, evaluate=_zero_shot,
+        selection="ndcg@10", offers=RETRIEVER),
     ("reranker", "ctr"): Recipe(
         split=_ctr_split, model=_reranker,
         task=lambda config, dataset, split, model: CtrTask(

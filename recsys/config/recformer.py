@@ -9,7 +9,7 @@ fit `max_tokens` and there are at most `max_items` of them (older items are drop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from annotated_types import MinLen
 
@@ -24,6 +24,7 @@ class CorpusSet:
     source: str  # converter name (recsys prepare --help lists them)
     raw: str  # raw files, relative to the working directory
     dir: str  # canonical dataset dir written by prepare when missing
+    mapping: dict[str, Any] | None = None  # column mapping for source "tabular"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from recsys.config import config_from_dict, config_to_dict
 from recsys.export.embeddings import export_embeddings
 from recsys.pipeline import run_pipeline
-from recsys.recipes import evaluate_run, load_run
+from recsys.recipes import evaluate_run, load_data, load_run, new_model, training_task
 from recsys.train.loop import fit
 from serving.app import Limits, create_app
 from serving.candidates import CandidateLookup
@@ -80,3 +80,34 @@ def test_a_tiny_recformer_goes_down_the_whole_path(config, tiny_model_dir, tmp_p
         got = client.get(f"/candidates/{user}")
         assert got.status_code == 200, got.text
         assert len(got.json()["candidates"]) == 10
+
+
+def test_pre_training_is_a_run_of_its_own_whose_encoder_starts_fine_tuning(config,
+                                                                          tiny_model_dir):
+    pretrain = _recformer_config(config, tiny_model_dir, epochs=1, task="pretrain",
+                                 pooling="mean")
+    result = fit(pretrain)
+    assert result.metrics["test"]["ndcg@10"] >= 0  # zero-shot: pre-trained only
+    trained, _, _ = load_run(result.run_dir / "checkpoint" / "best")
+    assert trained.mlm_head is not None and trained.item_table[1:].abs().sum() > 0
+
+    finetune = _recformer_config(config, tiny_model_dir, pooling="mean",
+                                 init_from=str(result.run_dir))
+    dataset, split = load_data(finetune)
+    torch.manual_seed(0)
+    model = new_model(finetune, dataset, split)
+    assert model.mlm_head is None
+    assert not torch.equal(model.model.token_types.weight, trained.model.token_types.weight)
+    training_task(finetune, dataset, split, model)  # a run that starts loads the encoder
+    for name, weight in model.model.state_dict().items():
+        assert torch.equal(weight, trained.model.state_dict()[name]), name
+
+
+def test_the_target_itself_in_the_pre_training_corpus_is_refused(config, tiny_model_dir):
+    own = {"source": config.data.source, "raw": config.data.raw, "dir": config.data.dir,
+           "mapping": config.data.mapping}
+    cfg = _recformer_config(config, tiny_model_dir, task="pretrain", pretrain_corpus=[own])
+    dataset, split = load_data(cfg)
+    model = new_model(cfg, dataset, split)
+    with pytest.raises(ValueError, match=r"model.recformer.pretrain_corpus\[0\].*target"):
+        training_task(cfg, dataset, split, model)
