@@ -70,4 +70,6 @@ class ItemTableRefresh(Hook):
     def on_epoch_start(self, ctx: LoopContext) -> None:
         first = ctx.epoch == 0  # the table starts empty: encode it once even with no stage 1
         if first or (ctx.epoch < self.stage1_epochs and ctx.epoch % self.every == 0):
-            ctx.model.refresh_items()
+            bf16 = ctx.config.train.precision == "bf16"  # encoded as the training steps run
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+                ctx.model.refresh_items()
