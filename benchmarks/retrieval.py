@@ -3,7 +3,10 @@
     python benchmarks/retrieval.py --dataset ml-100k --config configs/ml100k_sasrec.yaml
 
 Trains the config's model on `<data-root>/<dataset>` and the popularity baseline on the same
-split, prints a table, and ends with one JSON line of the configured model's test metrics.
+split, prints a table, and ends with one JSON line of the configured model's test metrics. A
+config whose model starts from another run (Recformer's `init_from` naming its pre-training
+config, trained first when no finished run of it exists) also reports that run's test NDCG@10
+as `zero_shot_ndcg@10`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from recsys import load_config
+from recsys.config import read_yaml
 from recsys.runtime.report import table
 from recsys.train.loop import fit
 
@@ -58,6 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "run_id": result.run_id,
     }
+    start = read_yaml(result.run_dir / "config.yaml", "run config")["model"][
+        config.model.name].get("init_from")
+    if start:  # the run started from another (a pre-training): its test numbers are zero-shot
+        started = json.loads((Path(start) / "metrics.json").read_text())["test"]
+        row["zero_shot_ndcg@10"] = round(started["ndcg@10"], 5)
+        row["zero_shot_run"] = str(start)
     names = ("metric", config.model.name, "popularity")
     print(table(names, [(k, row[k], popular.metrics["test"].get(k)) for k in KEYS]))
     facts = ("exclude_seen", "users", "epochs", "best_epoch", "sec_per_epoch", "train_seconds",

@@ -55,6 +55,7 @@ from recsys.runtime.memory import keep_freed_memory
 from recsys.runtime.plots import training_curve
 from recsys.tasks.hooks import Hook, LoopContext, by_name
 from recsys.train.optimizer import build_optimizer, build_schedule, steps_per_epoch
+from recsys.train.starts import resolve_starts
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def fit(config: Config | None, resume: str | Path | None = None,
         raise ValueError("fit needs a config, or a run dir to resume")
     if resume is not None:
         config = config_from_dict(read_yaml(Path(resume) / "config.yaml", "run config"))
+    config = resolve_starts(config, lambda first: fit(first).run_dir)
     cfg = config.train
     named = by_name([*recipe_hooks(config), *hooks])
     device = _device(cfg.device)

@@ -10,12 +10,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from recsys.config import config_from_dict, config_to_dict
+from recsys.config import config_from_dict, config_to_dict, read_yaml
 from recsys.export.embeddings import export_embeddings
 from recsys.pipeline import run_pipeline
 from recsys.recipes import evaluate_run, load_data, load_run, new_model, training_task
 from recsys.train.loop import fit
+from recsys.train.starts import finished_run
 from serving.app import Limits, create_app
 from serving.candidates import CandidateLookup
 from serving.lookup import EmbeddingStore
@@ -111,3 +113,18 @@ def test_the_target_itself_in_the_pre_training_corpus_is_refused(config, tiny_mo
     model = new_model(cfg, dataset, split)
     with pytest.raises(ValueError, match=r"model.recformer.pretrain_corpus\[0\].*target"):
         training_task(cfg, dataset, split, model)
+
+
+def test_a_fine_tuning_config_naming_a_pre_training_config_trains_it_once(
+        config, tiny_model_dir, tmp_path):
+    pretrain = _recformer_config(config, tiny_model_dir, epochs=1, task="pretrain")
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(pretrain)))
+    finetune = _recformer_config(config, tiny_model_dir, epochs=1, init_from=str(path))
+    first = fit(finetune)
+    started = read_yaml(first.run_dir / "config.yaml", "run")["model"]["recformer"]["init_from"]
+    assert finished_run(pretrain) == Path(started)  # trained first, recorded by its dir
+    again = fit(finetune)
+    assert read_yaml(again.run_dir / "config.yaml", "run") == read_yaml(
+        first.run_dir / "config.yaml", "run")  # the finished pre-training run is reused
+    assert len(list(Path(pretrain.train.runs_dir).glob("*/metrics.json"))) == 3
