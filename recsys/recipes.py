@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from features.masking import attribute_codes, mutual_information
-from recsys.config import Config, config_from_dict
+from recsys.config import Config, config_from_dict, read_yaml
 from recsys.data import ensure_dataset, load_dataset
 from recsys.data.ctr import CtrSplit, ctr_split
 from recsys.data.schema import Dataset
@@ -92,8 +92,16 @@ def _reranker(section, dataset: Dataset, split: CtrSplit | RerankData) -> Rerank
     return RerankerScorer(Reranker(section, inputs.sizes), inputs)
 
 
+ENCODER = "model.item_tower.text_encoder"  # the fine-tuned text encoder's parameter names
+
+
 def _two_tower_task(config: Config, dataset: Dataset, split: Split, model: TwoTowerRetriever):
     loss = config.train.loss
+    if config.model.two_tower.finetune_text and not any(
+            ENCODER.startswith(prefix) for prefix in config.train.lr_groups):
+        raise ValueError(f"config key 'train.lr_groups': model.two_tower.finetune_text trains "
+                         f"the text encoder, so give it its own rate, e.g. {{{ENCODER}: 5.0e-5}} "
+                         f"(at train.lr {config.train.lr} the pre-trained weights are lost)")
     nmi = None
     if loss.masking.kind == "correlated":
         nmi = item_feature_nmi(dataset, model.feature_names)
@@ -125,21 +133,32 @@ def _pretrain_task(config: Config, dataset: Dataset, split: Split, model: Recfor
     return PretrainTask(model, corpus, config.train.loss, config.train.batch_size)
 
 
-def _zero_shot(config: Config, model: RecformerRetriever, split: Split,
-               which: str) -> dict[str, float]:
-    """Retrieval metrics of the pre-trained encoder on the target, never fine-tuned on it: the
-    catalogue is encoded by the current weights first."""
-    model.refresh_items()
-    return evaluate(model, split, which, config.eval)
-
-
 def _recformer_task(config: Config, dataset: Dataset, split: Split, model: RecformerRetriever):
     """Fine-tuning; a run that starts (not one rebuilt to evaluate) takes its encoder from the
     pre-training run `init_from` (its best checkpoint) before the first step."""
     start = config.model.recformer.init_from
     if start is not None:
+        check_pretraining(config, Path(start))
         load_weights(Path(start) / "checkpoint" / "best", model.model, prefix="model.")
-    return RecformerTask(model, split, config.train.batch_size)
+    return RecformerTask(model, split, config.train.batch_size, config.train.loss.temperature)
+
+
+def check_pretraining(config: Config, start: Path) -> None:
+    """Refuse a pre-training run that saw this run's valid or test items: one whose corpus
+    holds this dataset whole, or that pre-trained on its train prefixes under another split."""
+    theirs = config_from_dict(read_yaml(start / "config.yaml", "run config"))
+    key = "config key 'model.recformer.init_from'"
+    if theirs.model.name != "recformer" or theirs.model.recformer.task != "pretrain":
+        raise ValueError(f"{key}: {start} is not a Recformer pre-training run")
+    ours = {Path(config.data.raw).resolve(), Path(config.data.dir).resolve()}
+    for corpus_set in theirs.model.recformer.pretrain_corpus:
+        if ours & {Path(corpus_set.raw).resolve(), Path(corpus_set.dir).resolve()}:
+            raise ValueError(f"{key}: {start} pre-trained on all of {corpus_set.dir}, this "
+                             "run's dataset, valid and test items included")
+    if Path(theirs.data.dir).resolve() in ours and theirs.data.cold_items != config.data.cold_items:
+        raise ValueError(f"{key}: {start} pre-trained on this dataset's train prefixes with "
+                         f"data.cold_items {theirs.data.cold_items}, this run holds out "
+                         f"{config.data.cold_items}: its cold items were trained on")
 
 
 RECIPES: dict[tuple[str, str | None], Recipe] = {
@@ -162,10 +181,11 @@ RECIPES: dict[tuple[str, str | None], Recipe] = {
         split=_leave_one_out, model=_recformer, task=_recformer_task, evaluate=_ranking,
         selection="ndcg@10", offers=RETRIEVER,
         hooks=lambda config: [ItemTableRefresh(config.model.recformer.refresh_every,
-                                               config.model.recformer.stage1_epochs)]),
-    ("recformer", "pretrain"): Recipe(
-        split=_leave_one_out, model=_recformer, task=_pretrain_task, evaluate=_zero_shot,
-        selection="ndcg@10", offers=RETRIEVER),
+                                               until=config.model.recformer.stage1_epochs)]),
+    ("recformer", "pretrain"): Recipe(  # evaluated zero-shot: never fine-tuned on the target
+        split=_leave_one_out, model=_recformer, task=_pretrain_task, evaluate=_ranking,
+        selection="ndcg@10", offers=RETRIEVER,
+        hooks=lambda config: [ItemTableRefresh(at_end=True)]),
     ("reranker", "ctr"): Recipe(
         split=_ctr_split, model=_reranker,
         task=lambda config, dataset, split, model: CtrTask(

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import MinLen
 
-from recsys.config.ranges import Count, NonNegative, Positive, _Invalid
+from recsys.config.ranges import Count, NonNegative, _Invalid
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class RecformerConfig:
     max_items: Count = 50  # newest history items a sequence keeps
     max_item_positions: Count = 64  # rows of the item-position table: 0 = [CLS], i = the i-th
     # ^ item newest first; at least max_items + 1
-    temperature: Positive = 0.05  # score = cosine(sequence, item) / temperature
-    pooling: Literal["cls", "mean"] = "cls"  # sequence vector: the [CLS] state, or the mean of
-    # ^ all real tokens' states
+    pooling: Literal["cls", "mean"] = "mean"  # sequence vector: the mean of all real tokens'
+    # ^ states, or the [CLS] state (the bundled MiniLM was trained with mean pooling; cut to a
+    # few layers its [CLS] state is nearly the same vector for every input)
     task: Literal["finetune", "pretrain"] = "finetune"  # pretrain: MLM + item-item contrastive
     # ^ on the corpus (its own run); finetune: next item against the catalogue's item table
     pretrain_corpus: tuple[CorpusSet, ...] = ()  # pretrain: datasets beside the target's train
@@ -55,7 +55,7 @@ class RecformerConfig:
     # ^ every N epochs
     stage1_epochs: NonNegative = 20  # finetune: epochs of stage 1; later ones (stage 2) keep
     # ^ the item table frozen as it was last encoded
-    encode_batch: Count = 64  # items per forward pass when the catalogue is encoded
+    encode_batch: Count = 64  # items, or evaluated sequences, per forward pass when encoding
 
     def __post_init__(self):
         if self.max_item_positions < self.max_items + 1:

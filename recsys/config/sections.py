@@ -103,7 +103,8 @@ class MaskingConfig:
 class LossConfig:
     """The training loss's settings; which loss a model trains with is its recipe's task."""
 
-    temperature: Positive = 0.05  # two_tower: softmax temperature of the sampled softmax
+    temperature: Positive = 0.05  # two_tower, recformer: softmax temperature of the loss over
+    # ^ cosine scores
     uniform_negatives: NonNegative = 0  # two_tower: negatives drawn uniformly from the
     # ^ catalogue, beside the in-batch ones
     logq: bool = True  # two_tower: subtract log sampling probability from each negative's logit

@@ -53,9 +53,9 @@ from recsys.export.export_dir import (
     part_entry,
     write_part,
 )
-from recsys.inputs.rerank_lists import RerankData, retrieval_inputs
+from recsys.inputs.rerank_lists import retrieval_inputs
 from recsys.models.reranker import N_RETRIEVAL
-from recsys.recipes import load_run
+from recsys.recipes import load_run, require
 from recsys.runtime.atomic import write_json
 from serving.store import file_sha256
 
@@ -71,8 +71,7 @@ def export_reranked(retrieval_run: str | Path, rerank_run: str | Path,
     `n` (default the reranker config's export.k); returns a summary."""
     rerank_run = Path(rerank_run)
     model, config, data = load_run(rerank_run / "checkpoint" / "best")
-    if not isinstance(data, RerankData):
-        raise ValueError(f"{rerank_run} is not a listwise reranker run (model.reranker.task)")
+    require(config, "lists", f"to rerank with ({rerank_run} is not a listwise reranker run)")
     k = config.model.reranker.candidates
     n = config.export.k if n is None else n
     if n < 1:

@@ -258,7 +258,7 @@ def encode_items(model: Recformer, catalogue: ItemTokens, indices: Sequence[int]
 
 class RecformerRetriever(nn.Module):
     """A Recformer over its catalogue's token lists: `score(history, users)` = cosine of the
-    sequence vector and the item table / temperature.
+    sequence vector and the item table.
 
     The item table (n_items + 1, dim) is the catalogue encoded by the model itself, each item
     alone (`refresh_items`); it is a buffer, saved with the weights, so a checkpoint scores as
@@ -294,11 +294,13 @@ class RecformerRetriever(nn.Module):
         the tokens)."""
         history = history.cpu().numpy()
         device = self.item_table.device
+        tokens = self.catalogue.lengths[history].sum(1)  # before the budget: an upper bound
+        order = np.argsort(-tokens, kind="stable")  # similar lengths together: little padding
         parts = []
         for start in range(0, len(history), self.encode_batch):
-            inputs = self.catalogue.sequences(history[start : start + self.encode_batch])
+            inputs = self.catalogue.sequences(history[order[start : start + self.encode_batch]])
             parts.append(self.model.encode(*(t.to(device) for t in inputs)))
-        return torch.cat(parts)
+        return torch.cat(parts)[torch.from_numpy(np.argsort(order)).to(device)]  # input order
 
     def user_vectors(self, history: torch.Tensor,
                      users: torch.Tensor | None = None) -> torch.Tensor:

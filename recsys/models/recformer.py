@@ -4,7 +4,7 @@
     model = Recformer(RecformerConfig(layers=2))                # bundled all-MiniLM-L6-v2
     users = model.encode(*batch)                                 # (B, dim)
     items = model.encode(*item_batch)                            # (N, dim)
-    logits = model.score(users, items)                           # (B, N) cosine / temperature
+    cosines = model.score(users, items)                          # (B, N) in [-1, 1]
 
 Inputs (built by recsys.inputs.recformer), each (B, T) int64, right-padded:
     tokens          the backbone tokenizer's ids
@@ -178,11 +178,11 @@ class Recformer(nn.Module):
         return mean_pool(states, attention_mask)  # (B, dim)
 
     def score(self, sequence_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        """cosine(sequence (B, dim), item (N, dim)) / temperature -> (B, N), within
-        [-1/temperature, 1/temperature]."""
+        """cosine(sequence (B, dim), item (N, dim)) -> (B, N) in [-1, 1]; the training losses
+        divide it by `train.loss.temperature`."""
         sequences = F.normalize(sequence_vectors.float(), dim=-1)  # (B, dim)
         items = F.normalize(item_vectors.float(), dim=-1)  # (N, dim)
-        return sequences @ items.T / self.config.temperature  # (B, N)
+        return sequences @ items.T  # (B, N)
 
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters())

@@ -3,7 +3,8 @@
 Per epoch every user with at least two train items gives one example: a random cut t >= 1 of
 their train prefix (the global torch RNG, which checkpoints keep), the items before t as the
 history and the item at t as the target. The loss is the softmax cross-entropy of the target
-over the whole catalogue, scored as cosine(sequence vector, item table row) / temperature. The
+over the whole catalogue, scored as cosine(sequence vector, item table row) / temperature
+(`train.loss.temperature`). The
 item table is a buffer the `ItemTableRefresh` hook re-encodes (stage 1) and then keeps (stage
 2), so gradients reach the sequence side only, as in the paper's fine-tuning.
 """
@@ -25,9 +26,10 @@ from recsys.tasks.hooks import Hook, LoopContext
 class RecformerTask(nn.Module):
     """One (train prefix cut, next item) example per user and epoch; full softmax loss."""
 
-    def __init__(self, model: nn.Module, split: Split, batch_size: int):
+    def __init__(self, model: nn.Module, split: Split, batch_size: int, temperature: float):
         super().__init__()
         self.model = model
+        self.temperature = temperature
         self.sequences = [s for s in split.train if len(s) >= 2]
         self.batch_size = batch_size
 
@@ -48,28 +50,40 @@ class RecformerTask(nn.Module):
     def forward(self, batch) -> torch.Tensor:
         """The mean next-item cross-entropy over the catalogue (a scalar)."""
         history, targets = batch
-        logits = self.model.score(history)  # (B, n_items + 1)
+        logits = self.model.score(history) / self.temperature  # (B, n_items + 1)
         logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) == 0,
                                     -torch.inf)  # padding is never a target
         return F.cross_entropy(logits, targets.to(logits.device))
 
 
 class ItemTableRefresh(Hook):
-    """Stage 1: re-encode the catalogue into the model's item table at the start of epoch 0
-    and every `every` epochs after, up to epoch `stage1_epochs`; stage 2 keeps the last table.
+    """Re-encode the catalogue into the model's item table every `every` epochs while the
+    epoch is below `until` (None: always), at epoch starts (fine-tuning's stage 1; the table
+    starts empty, so epoch 0 always encodes it; later epochs, stage 2, keep the last table) or
+    at epoch ends (pre-training: validation then scores with the weights it just trained).
 
     The table lives in the model's state (checkpoints keep it), so a resumed run continues from
-    the table it had, and this hook holds no state of its own.
+    the table it had, and this hook holds no state of its own. Unlike the reference code, stage
+    2 goes on from the last stage-1 weights rather than reloading the best stage-1 checkpoint.
     """
 
     name = "item_table_refresh"
 
-    def __init__(self, every: int, stage1_epochs: int):
-        self.every, self.stage1_epochs = every, stage1_epochs
+    def __init__(self, every: int = 1, until: int | None = None, at_end: bool = False):
+        self.every, self.until, self.at_end = every, until, at_end
+
+    def _due(self, epoch: int) -> bool:
+        return (self.until is None or epoch < self.until) and epoch % self.every == 0
 
     def on_epoch_start(self, ctx: LoopContext) -> None:
-        first = ctx.epoch == 0  # the table starts empty: encode it once even with no stage 1
-        if first or (ctx.epoch < self.stage1_epochs and ctx.epoch % self.every == 0):
-            bf16 = ctx.config.train.precision == "bf16"  # encoded as the training steps run
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
-                ctx.model.refresh_items()
+        if not self.at_end and (ctx.epoch == 0 or self._due(ctx.epoch)):
+            self._refresh(ctx)
+
+    def on_epoch_end(self, ctx: LoopContext) -> None:
+        if self.at_end and self._due(ctx.epoch):
+            self._refresh(ctx)
+
+    def _refresh(self, ctx: LoopContext) -> None:
+        bf16 = ctx.config.train.precision == "bf16"  # encoded as the training steps run
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+            ctx.model.refresh_items()

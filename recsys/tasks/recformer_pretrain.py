@@ -103,7 +103,8 @@ class PretrainTask(nn.Module):
         # duplicates of a target are one candidate: never a negative of their own sequences
         distinct, answer = torch.unique(targets, return_inverse=True)
         vectors = recformer.encode(*(t.to(device) for t in items.single_items(distinct.numpy())))
-        loss = F.cross_entropy(recformer.score(sequences, vectors), answer.to(device))  # (B, U)
+        logits = recformer.score(sequences, vectors) / self.loss.temperature  # (B, U)
+        loss = F.cross_entropy(logits, answer.to(device))
 
         if self.loss.mlm_weight > 0 and selected.any():
             selected = selected.to(device)

@@ -86,6 +86,11 @@ def test_unknown_users_and_items_read_no_id_row():
     dropped = model.model.sparse(dropped.users, dropped.items)
     assert torch.all(dropped[:, 0] == 0) and torch.equal(dropped[:, 1:], sparse[:, 1:])
     assert _model(user_ids=False, item_ids=False).model.sparse.count == 2  # attribute bags only
+    training = _model(user_id_dropout=1.0).train()  # dropout 0 elsewhere: only the ID draw
+    unknown = dataclasses.replace(training.inputs, user_known=torch.zeros(N_USERS, dtype=bool))
+    no_user_ids = RerankerScorer(_model().model, unknown).eval()  # same weights, no user known
+    torch.testing.assert_close(training(*batch), no_user_ids(*batch))  # the scorer's own path
+    assert not torch.allclose(training.eval()(*batch), no_user_ids(*batch))
 
 
 def test_history_projection_equals_projecting_the_mean_text():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from recsys.inputs.two_tower import TwoTowerRetriever, build_tower_inputs
@@ -62,3 +63,10 @@ def test_fit_updates_the_encoder_and_the_checkpoint_restores_it(config, tiny_mod
     assert any("encoder.layer" in name for name in changed)  # the backbone itself learned
     reloaded = evaluate_run(result.run_dir)  # a frozen encoder here would score differently
     assert abs(reloaded["ndcg@10"] - result.metrics["test"]["ndcg@10"]) < 1e-6
+
+
+def test_fine_tuning_the_encoder_without_its_own_rate_is_refused(config, tiny_model_dir,
+                                                                 tmp_path):
+    cfg = _two_tower_config(config, tiny_model_dir, tmp_path, finetune_text=True)
+    with pytest.raises(ValueError, match=r"'train.lr_groups'.*finetune_text"):
+        fit(cfg)

@@ -129,9 +129,10 @@ def test_duplicate_targets_are_one_candidate_not_a_negative(corpus, pooling):
         loss = task((history, targets)).item()
         users = recformer.encode(*corpus.items.sequences(history.numpy()))  # (4, dim)
         items = recformer.encode(*corpus.items.single_items([3, 6, 8]))  # (3, dim)
-        logits = recformer.score(users, items)  # (4, 3)
+        temperature = task.loss.temperature
+        logits = recformer.score(users, items) / temperature  # (4, 3)
         naive = F.cross_entropy(recformer.score(users, recformer.encode(
-            *corpus.items.single_items(targets.numpy()))), torch.arange(4)).item()
+            *corpus.items.single_items(targets.numpy()))) / temperature, torch.arange(4)).item()
     # each row against the batch's distinct items: item 6 is a negative of rows 0 and 3 once,
     # and of neither row 1 nor row 2
     expected = -torch.stack([logits[r].log_softmax(0)[c]
