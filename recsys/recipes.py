@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from features.masking import attribute_codes, mutual_information
-from recsys.config import Config, config_from_dict, read_yaml
+from recsys.config import Config, read_yaml, stored_config
 from recsys.data import ensure_dataset, load_dataset
 from recsys.data.ctr import CtrSplit, ctr_split
 from recsys.data.schema import Dataset
@@ -146,7 +146,7 @@ def _recformer_task(config: Config, dataset: Dataset, split: Split, model: Recfo
 def check_pretraining(config: Config, start: Path) -> None:
     """Refuse a pre-training run that saw this run's valid or test items: one whose corpus
     holds this dataset whole, or that pre-trained on its train prefixes under another split."""
-    theirs = config_from_dict(read_yaml(start / "config.yaml", "run config"))
+    theirs = stored_config(read_yaml(start / "config.yaml", "run config"))
     key = "config key 'model.recformer.init_from'"
     if theirs.model.name != "recformer" or theirs.model.recformer.task != "pretrain":
         raise ValueError(f"{key}: {start} is not a Recformer pre-training run")
@@ -318,7 +318,7 @@ def load_run(checkpoint: str | Path) -> tuple[nn.Module, Config, Split | CtrSpli
     doc = read_checkpoint(Path(checkpoint))
     run_dir = Path(checkpoint).parents[1]
     check_run_id(doc["state"], run_dir)  # artifacts are labelled with the dir's name
-    config = config_from_dict(doc["config"])
+    config = stored_config(doc["config"])
     dataset, split = load_data(config)
     check_dataset(doc["state"].get("dataset_sha256"), dataset, run_dir)
     with torch.random.fork_rng():  # the caller's random stream stays its own

@@ -11,6 +11,7 @@ from recsys.config.loading import (
     config_to_dict,
     load_config,
     read_yaml,
+    stored_config,
 )
 from recsys.config.recformer import CorpusSet, RecformerConfig
 from recsys.config.sections import (
@@ -38,5 +39,5 @@ __all__ = [
     "ExportConfig", "ItemTextConfig", "LossConfig", "MaskingConfig", "ModelConfig",
     "PopularityConfig", "RecformerConfig", "RerankerConfig", "SASRecConfig", "TextEncoderConfig",
     "TrackingConfig", "TrainConfig", "TwoTowerConfig", "apply_override", "config_from_dict",
-    "config_to_dict", "load_config", "read_yaml",
+    "config_to_dict", "load_config", "read_yaml", "stored_config",
 ]

@@ -6,6 +6,7 @@ dotted key; a YAML syntax error names the file (or the override), line and colum
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -88,7 +89,33 @@ MOVED = {
     "model.two_tower.masking": "train.loss.masking",
     "model.two_tower.text_lr": "train.lr_groups",
     "model.reranker.list_size": "train.loss.list_size",
+    "model.recformer.temperature": "train.loss.temperature",
 }
+TEXT_ENCODER = "model.item_tower.text_encoder"  # where text_lr applies, as an lr_groups prefix
+
+
+def stored_config(raw: dict[str, Any]) -> Config:
+    """A run's own config as an earlier version may have written it: keys that moved since are
+    read at their new place (a user's config file is told instead, by `config_from_dict`)."""
+    raw = copy.deepcopy(raw)
+    for old, new in MOVED.items():
+        *parents, leaf = old.split(".")
+        section = raw
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            continue
+        value = section.pop(leaf)
+        if leaf == "text_lr":  # a rate of its own only where the encoder was trained
+            if not section.get("finetune_text"):
+                continue
+            value = {TEXT_ENCODER: value}
+        *to_parents, to_leaf = new.split(".")
+        node = raw
+        for part in to_parents:
+            node = node.setdefault(part, {})
+        node.setdefault(to_leaf, value)
+    return config_from_dict(raw)
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

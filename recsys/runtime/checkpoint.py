@@ -93,6 +93,9 @@ def load_weights(path: Path, model: nn.Module, prefix: str = "") -> None:
     tensors = _read_tensors(file)
     if prefix:
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    bound = {f"model.{name}": tensor for name, tensor in tensors.items()}
+    if set(bound) == set(model.state_dict()):  # saved before the model was bound to its
+        tensors = bound  # catalogue (recsys.inputs), which holds it as `model`
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:  # missing / unexpected keys, size mismatches

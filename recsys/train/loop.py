@@ -28,7 +28,13 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from recsys.config import Config, ConfigError, config_from_dict, config_to_dict, read_yaml
+from recsys.config import (
+    Config,
+    ConfigError,
+    config_to_dict,
+    read_yaml,
+    stored_config,
+)
 from recsys.data.ctr import CtrSplit
 from recsys.data.split import Split
 from recsys.recipes import (
@@ -85,7 +91,7 @@ def fit(config: Config | None, resume: str | Path | None = None,
     if config is None and resume is None:
         raise ValueError("fit needs a config, or a run dir to resume")
     if resume is not None:
-        config = config_from_dict(read_yaml(Path(resume) / "config.yaml", "run config"))
+        config = stored_config(read_yaml(Path(resume) / "config.yaml", "run config"))
     config = resolve_starts(config, lambda first: fit(first).run_dir)
     cfg = config.train
     named = by_name([*recipe_hooks(config), *hooks])

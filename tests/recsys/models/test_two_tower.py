@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from recsys.config import LossConfig, TwoTowerConfig, config_from_dict, config_to_dict
 from recsys.export.embeddings import export_embeddings
@@ -247,3 +250,25 @@ def test_users_with_a_single_interaction_give_no_training_example():
     assert len(task) == 1 and len(batches) == 1
     history, users, targets = batches[0]
     assert users.tolist() == [1, 1] and targets.tolist() == list(split.items.index(["b", "c"]))
+
+
+def test_a_run_saved_before_the_redesign_still_loads_and_scores_the_same(config, tiny_model_dir,
+                                                                         tmp_path):
+    cfg = _two_tower_config(config, tiny_model_dir, tmp_path)
+    result = fit(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1)))
+    best = result.run_dir / "checkpoint" / "best"
+    model, _, split = load_run(best)
+    history = torch.as_tensor(np.array([split.train[0][-3:]]))
+    want = model.score(history, torch.tensor([0]))
+    # as the code before issue 16 wrote it: a bare model's weights, loss keys in the model
+    weights = load_file(best / "model.safetensors")
+    save_file({k.removeprefix("model."): v for k, v in weights.items()},
+              best / "model.safetensors")
+    doc = json.loads((best / "state.json").read_text())
+    loss = doc["config"]["train"].pop("loss")
+    doc["config"]["model"]["two_tower"].update(temperature=loss["temperature"], text_lr=5e-5,
+                                               masking=loss["masking"])
+    (best / "state.json").write_text(json.dumps(doc))
+    old, old_config, _ = load_run(best)
+    assert old_config.train.loss.temperature == 0.1 and old_config.train.lr_groups == {}
+    torch.testing.assert_close(old.score(history, torch.tensor([0])), want)
