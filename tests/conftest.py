@@ -166,3 +166,12 @@ def run_server():
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices gain nothing from threads; on a shared 2-core box they wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

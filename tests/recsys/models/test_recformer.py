@@ -12,14 +12,7 @@ from recsys.config.recformer import RecformerConfig
 from recsys.config.sections import _Invalid
 from recsys.models.recformer import CLS, KEY, PAD, VALUE, Recformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads; on a shared 2-core box they wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ TEXTS = ["hello world", "red steel drill kit " * 6, "title staple", "brand x", "
          "zebra quartz jumps over the lazy dog", ""]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads; on a shared 2-core box they wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

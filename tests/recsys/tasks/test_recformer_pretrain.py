@@ -33,12 +33,7 @@ SEQUENCES = [np.arange(start, start + length) % 8 + 1
              for start, length in [(0, 5), (2, 4), (4, 6), (6, 3), (1, 5), (3, 4), (5, 3), (7, 5)]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
