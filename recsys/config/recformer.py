@@ -58,6 +58,12 @@ class RecformerConfig:
     encode_batch: Count = 64  # items, or evaluated sequences, per forward pass when encoding
 
     def __post_init__(self):
+        if self.task == "pretrain" and self.init_from is not None:
+            raise _Invalid("init_from", "a pre-training run starts from the backbone's weights; "
+                           "init_from is for fine-tuning")
+        if self.task == "finetune" and self.pretrain_corpus:
+            raise _Invalid("pretrain_corpus", "fine-tuning reads the target alone; the corpus is "
+                           "for task 'pretrain' (name that run in init_from)")
         if self.max_item_positions < self.max_items + 1:
             raise _Invalid("max_item_positions", f"{self.max_item_positions} rows cannot hold "
                            f"[CLS] and max_items {self.max_items} items; need at least "

@@ -176,3 +176,15 @@ def test_config_rules_name_the_key():
     with pytest.raises(_Invalid) as err:
         RecformerConfig(max_tokens=64, max_item_tokens=64)
     assert err.value.key == "max_item_tokens"
+
+
+@pytest.mark.parametrize("section, key", [
+    ({"task": "pretrain", "init_from": "runs/x"}, "model.recformer.init_from"),
+    ({"task": "finetune", "pretrain_corpus": [{"source": "s", "raw": "r", "dir": "d"}]},
+     "model.recformer.pretrain_corpus"),
+])
+def test_keys_the_task_would_ignore_are_refused_naming_them(section, key):
+    from recsys.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=rf"config key '{key}'"):
+        config_from_dict({"model": {"name": "recformer", "recformer": section}})
