@@ -84,7 +84,7 @@ def test_short_sequences_are_dropped(tokenizer):
 
 def test_extra_set_joins_after_the_target_over_the_union_of_attributes(tokenizer, split,
                                                                        tmp_path, caplog):
-    config = replace(CONFIG, pretrain_corpus=(lcrec_set(tmp_path),))
+    config = replace(CONFIG, task="pretrain", pretrain_corpus=(lcrec_set(tmp_path),))
     with caplog.at_level(logging.INFO, logger="recsys.inputs.recformer_corpus"):
         corpus = build_corpus(config, TARGET_ITEMS, split.train, tokenizer,
                               data_dir_base=tmp_path)
