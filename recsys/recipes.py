@@ -22,6 +22,7 @@ from torch import nn
 
 from features.masking import attribute_codes, mutual_information
 from recsys.config import Config, read_yaml, stored_config
+from recsys.config.loading import TEXT_ENCODER
 from recsys.data import ensure_dataset, load_dataset
 from recsys.data.ctr import CtrSplit, ctr_split
 from recsys.data.schema import Dataset
@@ -92,16 +93,14 @@ def _reranker(section, dataset: Dataset, split: CtrSplit | RerankData) -> Rerank
     return RerankerScorer(Reranker(section, inputs.sizes), inputs)
 
 
-ENCODER = "model.item_tower.text_encoder"  # the fine-tuned text encoder's parameter names
-
-
 def _two_tower_task(config: Config, dataset: Dataset, split: Split, model: TwoTowerRetriever):
     loss = config.train.loss
     if config.model.two_tower.finetune_text and not any(
-            ENCODER.startswith(prefix) for prefix in config.train.lr_groups):
+            TEXT_ENCODER.startswith(prefix) for prefix in config.train.lr_groups):
         raise ValueError(f"config key 'train.lr_groups': model.two_tower.finetune_text trains "
-                         f"the text encoder, so give it its own rate, e.g. {{{ENCODER}: 5.0e-5}} "
-                         f"(at train.lr {config.train.lr} the pre-trained weights are lost)")
+                         "the text encoder, so give it its own rate, e.g. "
+                         f"{{{TEXT_ENCODER}: 5.0e-5}} (at train.lr {config.train.lr} the "
+                         "pre-trained weights are lost)")
     nmi = None
     if loss.masking.kind == "correlated":
         nmi = item_feature_nmi(dataset, model.feature_names)

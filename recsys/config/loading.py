@@ -91,7 +91,7 @@ MOVED = {
     "model.reranker.list_size": "train.loss.list_size",
     "model.recformer.temperature": "train.loss.temperature",
 }
-TEXT_ENCODER = "model.item_tower.text_encoder"  # where text_lr applies, as an lr_groups prefix
+TEXT_ENCODER = "model.item_tower.text_encoder"  # a fine-tuned text encoder: its lr_groups prefix
 
 
 def stored_config(raw: dict[str, Any]) -> Config:

@@ -22,10 +22,10 @@ from torch import nn
 from recsys.config import RerankerConfig
 from recsys.data.ctr import CtrPart, CtrSplit
 from recsys.inputs.tables import (
-    categorical_codes,
+    attribute_tables,
     require_columns,
     row_bags,
-    user_attribute_codes,
+    user_attribute_tables,
 )
 from recsys.inputs.text_vectors import text_vectors
 from recsys.models.reranker import ListFeatures, Reranker, RerankerSizes
@@ -119,19 +119,18 @@ def build_reranker_inputs(config: RerankerConfig, items: pd.DataFrame, users: pd
                           split: CtrSplit) -> RerankerInputs:
     """The model's tables for every catalogue item and every user row of `split`."""
     require_columns(items, config.text + config.categorical, "items.parquet", "model.reranker")
-    item_codes = {c: categorical_codes(items[c], config.max_values) for c in config.categorical}
-    user_codes = dict(zip(config.user_categorical, user_attribute_codes(
-        users, split.users.ids, config.user_categorical, config.max_values, "model.reranker"),
-        strict=True))
+    categorical, vocab_sizes = attribute_tables(items, config.categorical, config.max_values)
+    user_categorical, user_vocab_sizes = user_attribute_tables(
+        users, split.users.ids, config.user_categorical, config.max_values, "model.reranker")
     text = text_vectors(config, items)  # the two-tower's text path: encoder, cache, sentences
     if not np.isfinite(text).all():
         raise ValueError("the text encoder returned NaN or infinite vectors for some items")
     return RerankerInputs(
         text=torch.as_tensor(text),
-        categorical={name: torch.as_tensor(codes) for name, (codes, _) in item_codes.items()},
-        vocab_sizes={name: size for name, (_, size) in item_codes.items()},
-        user_categorical={name: torch.as_tensor(c) for name, (c, _) in user_codes.items()},
-        user_vocab_sizes={name: size for name, (_, size) in user_codes.items()},
+        categorical=categorical,
+        vocab_sizes=vocab_sizes,
+        user_categorical=user_categorical,
+        user_vocab_sizes=user_vocab_sizes,
         item_known=torch.as_tensor(split.item_known),
         user_known=torch.as_tensor(split.user_known),
         item_ids=config.item_ids,

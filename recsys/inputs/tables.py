@@ -69,20 +69,30 @@ def _values(value) -> list[str]:
     return list(dict.fromkeys(v for v in cleaned if v))
 
 
-def user_attribute_codes(users: pd.DataFrame | None, user_ids: Sequence[str],
-                         columns: Sequence[str], max_values: int,
-                         section: str) -> list[tuple[np.ndarray, int]]:
+Tables = tuple[dict[str, torch.Tensor], dict[str, int]]  # attribute -> codes, -> value count
+
+
+def attribute_tables(table: pd.DataFrame, columns: Sequence[str], max_values: int) -> Tables:
+    """Per attribute column of `table`: codes (len(table) + 1, width) with row 0 the padding
+    row (-1 = none), and its number of distinct values."""
+    coded = {c: categorical_codes(table[c], max_values) for c in columns}
+    return ({c: torch.as_tensor(codes) for c, (codes, _) in coded.items()},
+            {c: size for c, (_, size) in coded.items()})
+
+
+def user_attribute_tables(users: pd.DataFrame | None, user_ids: Sequence[str],
+                          columns: Sequence[str], max_values: int, section: str) -> Tables:
     """Per user attribute: codes (len(user_ids), width) aligned to `user_ids` (-1 = none) and
     the number of distinct values; `section` names the config that asked for them."""
     if not columns:
-        return []
+        return {}, {}
     if users is None:
         raise ValueError(f"{section}.user_categorical is set but the dataset has no "
                          "users.parquet")
     require_columns(users, columns, "users.parquet", section)
     aligned = users.drop_duplicates("user_id").set_index("user_id").reindex(list(user_ids))
-    coded = (categorical_codes(aligned[c], max_values) for c in columns)
-    return [(codes[1:], size) for codes, size in coded]  # codes row 0 is the padding row
+    codes, sizes = attribute_tables(aligned, columns, max_values)
+    return {c: table[1:] for c, table in codes.items()}, sizes  # no padding row for users
 
 
 def require_columns(table: pd.DataFrame, columns: Sequence[str], name: str,

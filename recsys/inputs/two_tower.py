@@ -11,7 +11,7 @@ item indices in, vectors and scores out; only the rows a batch reads reach the m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,10 +21,10 @@ from torchrec import KeyedJaggedTensor
 
 from recsys.config import TwoTowerConfig
 from recsys.inputs.tables import (
-    categorical_codes,
+    attribute_tables,
     require_columns,
     row_bags,
-    user_attribute_codes,
+    user_attribute_tables,
 )
 from recsys.inputs.text_vectors import text_tokens, text_vectors
 from recsys.models.two_tower import ItemFeatures, TowerSizes, TwoTower
@@ -41,8 +41,9 @@ class TowerInputs:
     n_users: int  # user rows (the users of the split)
     item_ids: bool = True  # items read their ID bag
     user_ids: bool = True  # users read their ID bag
-    user_categorical: dict[str, torch.Tensor] | None = None  # attribute -> (n_users, k) codes
-    user_vocab_sizes: dict[str, int] | None = None
+    user_categorical: dict[str, torch.Tensor] = field(default_factory=dict)  # attribute ->
+    # ^ codes (n_users, k), -1 = none
+    user_vocab_sizes: dict[str, int] = field(default_factory=dict)
     tokens: torch.Tensor | None = None  # (n_items + 1, n_text, T) token ids, to fine-tune
     token_lengths: torch.Tensor | None = None  # (n_items + 1, n_text), 0 = no text
 
@@ -51,7 +52,7 @@ class TowerInputs:
         items = {"item_id": len(self.id_known)} if self.item_ids else {}
         users = {"user_id": self.n_users} if self.user_ids else {}
         return TowerSizes(item_tables=items | self.vocab_sizes,
-                          user_tables=users | (self.user_vocab_sizes or {}),
+                          user_tables=users | self.user_vocab_sizes,
                           text_dim=self.text.shape[-1])
 
     def items(self, rows: torch.Tensor, id_dropout: float = 0.0) -> ItemFeatures:
@@ -66,7 +67,7 @@ class TowerInputs:
 
     def users(self, rows: torch.Tensor) -> KeyedJaggedTensor | None:
         """The ID and attribute bags of user rows (n,); None when the users have none."""
-        return row_bags(rows, "user_id" if self.user_ids else None, self.user_categorical or {})
+        return row_bags(rows, "user_id" if self.user_ids else None, self.user_categorical)
 
 
 def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.DataFrame | None,
@@ -76,10 +77,9 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
     `users` is the optional user table; train_counts (n_items + 1,) marks items with known IDs.
     """
     require_columns(items, config.text + config.categorical, "items.parquet", "model.two_tower")
-    categorical = {c: categorical_codes(items[c], config.max_values) for c in config.categorical}
-    user_categorical = dict(zip(config.user_categorical, user_attribute_codes(
-        users, user_ids, config.user_categorical, config.max_values, "model.two_tower"),
-        strict=True))
+    categorical, vocab_sizes = attribute_tables(items, config.categorical, config.max_values)
+    user_categorical, user_vocab_sizes = user_attribute_tables(
+        users, user_ids, config.user_categorical, config.max_values, "model.two_tower")
     tokens = lengths = None
     if config.finetune_text and config.text:  # the model encodes the text itself, as it learns
         tokens, lengths = map(torch.as_tensor, text_tokens(config, items))
@@ -88,14 +88,14 @@ def build_tower_inputs(config: TwoTowerConfig, items: pd.DataFrame, users: pd.Da
         text = torch.as_tensor(text_vectors(config, items))
     return TowerInputs(
         text=text,
-        categorical={name: torch.as_tensor(codes) for name, (codes, _) in categorical.items()},
-        vocab_sizes={name: size for name, (_, size) in categorical.items()},
+        categorical=categorical,
+        vocab_sizes=vocab_sizes,
         id_known=torch.as_tensor(train_counts > 0),
         n_users=len(user_ids),
         item_ids=config.item_ids,
         user_ids=config.user_ids,
-        user_categorical={n: torch.as_tensor(codes) for n, (codes, _) in user_categorical.items()},
-        user_vocab_sizes={name: size for name, (_, size) in user_categorical.items()},
+        user_categorical=user_categorical,
+        user_vocab_sizes=user_vocab_sizes,
         tokens=tokens,
         token_lengths=lengths,
     )
