@@ -2,7 +2,8 @@
 run to start from (a YAML file) instead of its run dir.
 
 `resolve_starts` finds a finished run of exactly that config in its `train.runs_dir` (one whose
-config.yaml equals it and whose metrics.json was written), or trains it first, and returns the
+config.yaml equals it but for `train.threads`, which changes speed and not what is trained, and
+whose metrics.json was written), or trains it first, and returns the
 config with `init_from` set to that run's dir, so the run's own config.yaml records the run it
 started from. Recformer fine-tuning names its pre-training this way.
 """
@@ -39,10 +40,17 @@ def resolve_starts(config: Config, train: Callable[[Config], Path]) -> Config:
 
 
 def finished_run(config: Config) -> Path | None:
-    """The newest run dir under `config.train.runs_dir` that trained exactly `config` to the
-    end (its metrics.json written), or None."""
-    wanted = config_to_dict(config)
+    """The newest run dir under `config.train.runs_dir` that trained exactly `config` (any
+    `train.threads`) to the end (its metrics.json written), or None."""
+    wanted = _experiment(config_to_dict(config))
     runs = [d for d in Path(config.train.runs_dir).glob("*/")
             if (d / "metrics.json").is_file() and (d / "config.yaml").is_file()]
-    matching = [d for d in runs if read_yaml(d / "config.yaml", "run config") == wanted]
+    matching = [d for d in runs
+                if _experiment(read_yaml(d / "config.yaml", "run config")) == wanted]
     return max(matching, key=lambda d: (d / "metrics.json").stat().st_mtime, default=None)
+
+
+def _experiment(config: dict) -> dict:
+    """A config dict without the keys that do not change what a run trains."""
+    train = {k: v for k, v in config.get("train", {}).items() if k != "threads"}
+    return {**config, "train": train}

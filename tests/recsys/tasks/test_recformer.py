@@ -126,6 +126,10 @@ def test_a_fine_tuning_config_naming_a_pre_training_config_trains_it_once(
     first = fit(finetune)
     started = read_yaml(first.run_dir / "config.yaml", "run")["model"]["recformer"]["init_from"]
     assert finished_run(pretrain) == Path(started)  # trained first, recorded by its dir
+    threads = dataclasses.replace(pretrain.train, threads=pretrain.train.threads + 3)
+    assert finished_run(dataclasses.replace(pretrain, train=threads)) == Path(started)
+    faster = dataclasses.replace(pretrain.train, lr=pretrain.train.lr * 2)
+    assert finished_run(dataclasses.replace(pretrain, train=faster)) is None
     again = fit(finetune)
     assert read_yaml(again.run_dir / "config.yaml", "run") == read_yaml(
         first.run_dir / "config.yaml", "run")  # the finished pre-training run is reused
