@@ -33,11 +33,12 @@ from recsys.config.sections import (
     TrainConfig,
     TwoTowerConfig,
 )
+from recsys.config.sparse import SparseConfig
 
 __all__ = [
     "Config", "ConfigError", "CorpusSet", "CtrDataConfig", "DataConfig", "EvalConfig",
     "ExportConfig", "ItemTextConfig", "LossConfig", "MaskingConfig", "ModelConfig",
-    "PopularityConfig", "RecformerConfig", "RerankerConfig", "SASRecConfig", "TextEncoderConfig",
-    "TrackingConfig", "TrainConfig", "TwoTowerConfig", "apply_override", "config_from_dict",
-    "config_to_dict", "load_config", "read_yaml", "stored_config",
+    "PopularityConfig", "RecformerConfig", "RerankerConfig", "SASRecConfig", "SparseConfig",
+    "TextEncoderConfig", "TrackingConfig", "TrainConfig", "TwoTowerConfig", "apply_override",
+    "config_from_dict", "config_to_dict", "load_config", "read_yaml", "stored_config",
 ]

@@ -24,6 +24,7 @@ from recsys.config.ranges import (  # noqa: F401 (ConfigError is part of this mo
     _Invalid,
 )
 from recsys.config.recformer import RecformerConfig
+from recsys.config.sparse import SparseConfig
 
 
 @dataclass(frozen=True)
@@ -261,3 +262,4 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)

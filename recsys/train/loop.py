@@ -61,6 +61,7 @@ from recsys.runtime.memory import keep_freed_memory
 from recsys.runtime.plots import training_curve
 from recsys.tasks.hooks import Hook, LoopContext, by_name
 from recsys.train.optimizer import build_optimizer, build_schedule, steps_per_epoch
+from recsys.train.sparsity import parameter_bytes, sparsity_hook
 from recsys.train.starts import resolve_starts
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def fit(config: Config | None, resume: str | Path | None = None,
         else:
             run_dir = Path(resume)
         ctx = _training(config, dataset, split, model, device)  # None: nothing to train
+        if ctx is not None and config.sparse.enabled:
+            named = by_name([*named.values(), sparsity_hook(ctx)])
         last = run_dir / "checkpoint" / "last"
         if resume is not None and has_checkpoint(last):
             optimizer, scheduler = (ctx.optimizer, ctx.scheduler) if ctx else (None, None)
@@ -333,12 +336,14 @@ def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
         "best_epoch": state["best_epoch"],
         "train_seconds": sum(r["seconds"] for r in state["history"]),
         "selection": f"valid {state['selection']}",
+        "param_bytes": parameter_bytes(model),
         "valid": evaluate_model(config, model, split, "valid"),
         "test": evaluate_model(config, model, split, "test"),
     }
     write_json(run_dir / "metrics.json", metrics)
     tracking.log_metrics(metrics["test"], prefix="test_")
     tracking.log_metrics({"best_epoch": state["best_epoch"], "epochs": state["epoch"]})
+    tracking.log_metrics(metrics["param_bytes"], prefix="param_bytes_")
     tracking.log_file(run_dir / "metrics.json")
     if state["history"]:
         tracking.log_file(training_curve(state["history"], run_dir / "training_curve.png",

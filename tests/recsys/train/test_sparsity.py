@@ -1,0 +1,206 @@
+"""Dynamic sparse training: masks, schedule, regrowth, optimizer state, resume, bad input."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from recsys.config import ConfigError, SparseConfig, config_from_dict, config_to_dict
+from recsys.tasks.hooks import Hook, LoopContext
+from recsys.train.loop import fit
+from recsys.train.sparsity import DynamicSparsity, densities, parameter_bytes
+
+SASREC_SPARSE = ("item_emb.weight", "encoder.layers.*.linear*.weight")
+
+
+def _sparse(config, **section):
+    raw = config_to_dict(config)
+    raw["sparse"] = {"params": list(SASREC_SPARSE), "density": 0.2, "update_every": 3,
+                     **section}
+    return config_from_dict(raw)
+
+
+def _masks(run_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(run_dir / "checkpoint" / "last" / "optimizer.safetensors")
+    prefix = "hook.dynamic_sparsity.masks."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _weights(run_dir: Path, which: str = "best") -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoint" / which / "model.safetensors")
+
+
+def test_uniform_and_erk_densities_keep_the_budget():
+    shapes = {"emb": torch.Size([1000, 64]), "proj": torch.Size([64, 64]),
+              "bias": torch.Size([64])}
+    assert densities(shapes, 0.2, "uniform") == dict.fromkeys(shapes, 0.2)
+    erk = densities(shapes, 0.2, "erk")
+    sizes = {n: s.numel() for n, s in shapes.items()}
+    active = sum(erk[n] * sizes[n] for n in shapes)
+    assert active == pytest.approx(0.2 * sum(sizes.values()))
+    assert erk["bias"] == 1.0  # (n) / (n): kept dense
+    assert erk["emb"] < erk["proj"] < 1.0  # the larger tensor is the sparser
+    assert densities(shapes, 1.0, "erk") == dict.fromkeys(shapes, 1.0)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(10, 10, bias=False)
+        self.frozen = nn.Parameter(torch.ones(3), requires_grad=False)
+
+
+def _toy_context(hook_config: SparseConfig, total_steps: int = 100):
+    model = Toy()
+    hook = DynamicSparsity(hook_config, model, total_steps)
+    optimizer = torch.optim.AdamW([model.layer.weight], lr=0.1)
+    config = config_from_dict({})
+    ctx = LoopContext(model, model, optimizer, None, config, torch.device("cpu"))
+    return model, hook, ctx
+
+
+def _step(model, hook, ctx, grad: torch.Tensor) -> None:
+    model.layer.weight.grad = grad.clone()
+    hook.after_backward(ctx)
+    ctx.optimizer.step()
+    ctx.step += 1
+    hook.after_step(ctx)
+    ctx.optimizer.zero_grad()
+
+
+def test_inactive_weights_and_their_adam_state_stay_zero():
+    model, hook, ctx = _toy_context(SparseConfig(params=("layer.weight",), density=0.3,
+                                                 mode="static"))
+    mask = hook.masks["layer.weight"].clone()
+    assert int(mask.sum()) == 30
+    for _ in range(5):
+        _step(model, hook, ctx, torch.randn(10, 10))
+    weight = model.layer.weight.detach()
+    state = ctx.optimizer.state[model.layer.weight]
+    assert torch.equal(hook.masks["layer.weight"], mask)  # static: never updated
+    assert not weight[~mask].any() and weight[mask].all()
+    assert not state["exp_avg"][~mask].any() and not state["exp_avg_sq"][~mask].any()
+
+
+def test_an_update_prunes_the_smallest_and_regrows_the_largest_gradients():
+    cfg = SparseConfig(params=("layer.weight",), density=0.5, update_every=4,
+                       prune_start=0.2, prune_end=0.2)
+    model, hook, ctx = _toy_context(cfg)
+    for _ in range(3):  # no update yet: steps 1-3
+        _step(model, hook, ctx, torch.randn(10, 10))
+    before = hook.masks["layer.weight"].clone()
+    weight = model.layer.weight.detach().clone()
+    smallest = weight.abs().masked_fill(~before, float("inf")).flatten().topk(10, largest=False)
+    grad = torch.zeros(10, 10)
+    inactive = (~before).flatten().nonzero().squeeze(1)
+    wanted = inactive[torch.randperm(len(inactive))[:10]]
+    grad.view(-1)[wanted] = 5.0 + torch.arange(10.0)
+    _step(model, hook, ctx, grad)  # step 4 updates: 20% of the 50 active = 10 swapped
+    after = hook.masks["layer.weight"]
+    assert int(after.sum()) == 50
+    assert not after.flatten()[smallest.indices].any()
+    assert after.flatten()[wanted].all()
+
+
+def test_prune_share_decays_by_cosine_until_stop_at():
+    cfg = SparseConfig(params=("layer.weight",), density=0.5, prune_start=0.5, prune_end=0.1,
+                       stop_at=0.5, update_every=10)
+    _, hook, _ = _toy_context(cfg, total_steps=200)
+    assert hook.prune_share(0) == pytest.approx(0.5)
+    assert hook.prune_share(50) == pytest.approx(0.3)
+    assert hook.prune_share(100) == pytest.approx(0.1)
+    assert hook._updates_at(100) and not hook._updates_at(110)
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("nothing.*", r"sparse.params\[0\].*matches no parameter"),
+    ("frozen", r"sparse.params\[0\].*does not train"),
+])
+def test_bad_patterns_are_refused_naming_the_key(pattern, message):
+    with pytest.raises(ConfigError, match=message):
+        DynamicSparsity(SparseConfig(params=(pattern,), density=0.5), Toy(), 10)
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"density": 0}, "sparse.density"), ({"density": 1.5}, "sparse.density"),
+    ({"update_every": 0}, "sparse.update_every"), ({"prune_end": 0.9}, "sparse.prune_end"),
+])
+def test_bad_sparse_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_from_dict({"sparse": {"params": ["x"], **override}})
+
+
+def test_sasrec_trains_at_density_0_2_with_masks_that_move(config):
+    sparse = _sparse(config)
+    result = fit(sparse)
+    masks = _masks(result.run_dir)
+    assert set(masks) == {"item_emb.weight", "encoder.layers.0.linear1.weight",
+                          "encoder.layers.0.linear2.weight"}
+    weights = _weights(result.run_dir, "last")
+    for name, mask in masks.items():
+        assert int(mask.sum()) == round(0.2 * mask.numel())
+        assert not weights[name][~mask].any()
+    first = DynamicSparsity(sparse.sparse, _sasrec(sparse), 1).masks  # the seed's first masks
+    assert any(not torch.equal(first[n], masks[n]) for n in masks)  # dynamic: they moved
+    bytes_ = result.metrics["param_bytes"]
+    covered = sum(mask.numel() * 4 for mask in masks.values())  # fp32
+    assert bytes_["dense"] - bytes_["sparse"] > 0.5 * covered  # CSR at 20%: ~1.6 of 4 bytes
+    assert result.metrics["test"]["ndcg@10"] > 0.2  # still learns the successor pattern
+
+
+def _sasrec(config):
+    from recsys.recipes import load_data, new_model
+    dataset, split = load_data(config)
+    return new_model(config, dataset, split)
+
+
+class Stop(RuntimeError):
+    pass
+
+
+class StopAt(Hook):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_start(self, ctx):
+        if ctx.epoch == self.epoch:
+            raise Stop
+
+
+def test_a_resumed_sparse_run_continues_identically(config):
+    sparse = _sparse(dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                           epochs=5)))
+    with pytest.raises(Stop):
+        fit(sparse, hooks=[StopAt(2)])
+    (run_dir,) = Path(sparse.train.runs_dir).iterdir()
+    resumed = fit(None, resume=run_dir, hooks=[StopAt(99)])
+    straight = fit(sparse, hooks=[StopAt(99)])
+    assert resumed.metrics["test"] == straight.metrics["test"]
+    mine, theirs = _masks(resumed.run_dir), _masks(straight.run_dir)
+    assert all(torch.equal(mine[n], theirs[n]) for n in mine)
+
+
+def test_magnitude_pruning_of_a_trained_run_keeps_its_largest_weights(config):
+    dense = fit(config)
+    pruned = _sparse(config, init="magnitude", init_from=str(dense.run_dir), mode="static")
+    model = _sasrec(pruned)
+    hook = DynamicSparsity(pruned.sparse, model, 1)
+    trained = _weights(dense.run_dir)["item_emb.weight"]
+    kept = trained.abs()[hook.masks["item_emb.weight"]]
+    dropped = trained.abs()[~hook.masks["item_emb.weight"]]
+    assert kept.min() >= dropped.max()
+    assert torch.equal(model.item_emb.weight[hook.masks["item_emb.weight"]],
+                       trained[hook.masks["item_emb.weight"]])
+
+
+def test_parameter_bytes_count_csr_only_where_smaller():
+    layer = nn.Linear(100, 100, bias=False)
+    dense = parameter_bytes(layer)
+    assert dense == {"dense": 40_000, "sparse": 40_000}
+    with torch.no_grad():
+        layer.weight[10:] = 0  # 1,000 non-zeros: values + int32 columns + 101 row pointers
+    assert parameter_bytes(layer) == {"dense": 40_000, "sparse": 1_000 * 8 + 101 * 8}
