@@ -33,6 +33,7 @@ import numpy as np
 
 from serving.id_rows import IdRows
 from serving.store import (
+    CSR_FILES,
     CURRENT,
     IDS,
     META,
@@ -217,7 +218,7 @@ def _stamps(version_dir: Path) -> tuple:
     when a file is replaced, rewritten in place, added (`recsys index --save`), removed or
     made readable (chmod changes only the ctime)."""
     stamps = []
-    for name in (META, VECTORS, IDS, INDEX_FILE):
+    for name in (META, VECTORS, *CSR_FILES.values(), IDS, INDEX_FILE):
         try:
             st = os.stat(version_dir / name)
             stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))

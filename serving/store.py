@@ -3,8 +3,12 @@
     root/CURRENT                 text: name of the live version (switched atomically)
     root/<version>/ids.parquet   `id` (string), `row` (int64): the id of vectors[row]
     root/<version>/vectors.npy   (count, dim) float32 or float16, C order, np.save format
-    root/<version>/meta.json     dim, dtype, normalized, model, run_id, count, created,
+    root/<version>/meta.json     dim, dtype, layout, normalized, model, run_id, count, created,
                                  version, sha256 {"vectors.npy": ..., "ids.parquet": ...}
+
+With layout "csr" (vectors mostly zero, as a sparse-trained item table's rows) the vectors are
+stored as `vectors.data.npy`, `vectors.indices.npy` and `vectors.indptr.npy` instead
+(serving.sparse: only the non-zeros and their positions) and read back dense.
 
 A version dir is complete before it gets its name (written under a temp name, then renamed), and
 CURRENT moves only after that, so a reader never sees half an export. No torch here: serving
@@ -14,6 +18,7 @@ code reads stores without the training stack.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -30,9 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from serving.sparse import Csr
+
 DTYPES = ("float32", "float16")
+LAYOUTS = ("dense", "csr")
 CURRENT = "CURRENT"
 IDS, VECTORS, META = "ids.parquet", "vectors.npy", "meta.json"
+CSR_FILES = {"data": "vectors.data.npy", "indices": "vectors.indices.npy",
+             "indptr": "vectors.indptr.npy"}
 
 
 class StoreError(ValueError):
@@ -52,7 +62,7 @@ class StoreData:
 def write_store(
     root: str | Path, ids: Sequence[str], vectors: np.ndarray, *, model: str, run_id: str,
     normalized: bool, version: str | None = None, dtype: str = "float32",
-    make_current: bool = True,
+    make_current: bool = True, layout: str = "dense",
 ) -> Path:
     """Write `ids` (count,) and `vectors` (count, dim) as a new version under `root`, make it
     CURRENT (unless `make_current` is False: `switch_current` does it later), and return the
@@ -60,6 +70,8 @@ def write_store(
     """
     root = Path(root)
     ids, vectors = _validate(ids, vectors, dtype)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if version is not None:
         _check_version_name(version)
     if version is not None and (root / version).exists():
@@ -70,14 +82,19 @@ def write_store(
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=root))
     try:
-        np.save(tmp / VECTORS, vectors)
+        if layout == "csr":
+            csr = Csr.from_dense(vectors)
+            for part, name in CSR_FILES.items():
+                np.save(tmp / name, getattr(csr, part))
+        else:
+            np.save(tmp / VECTORS, vectors)
         rows = pa.array(np.arange(len(ids), dtype=np.int64))
         pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "row": rows}), tmp / IDS)
         meta = {
             "version": version, "count": len(ids), "dim": int(vectors.shape[1]), "dtype": dtype,
-            "normalized": bool(normalized), "model": model, "run_id": run_id,
+            "layout": layout, "normalized": bool(normalized), "model": model, "run_id": run_id,
             "created": now.isoformat(timespec="seconds"),
-            "sha256": {VECTORS: file_sha256(tmp / VECTORS), IDS: file_sha256(tmp / IDS)},
+            "sha256": {n: file_sha256(tmp / n) for n in (*_vector_files(layout), IDS)},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
         os.rename(tmp, root / version)  # fails rather than merge if the name appeared meanwhile
@@ -109,10 +126,12 @@ def read_store(path: str | Path, *, verify: bool = True, in_memory: bool = False
         raise StoreError(f"not an embedding store: {path} ({what})")
 
     meta = _read_meta(path)
-    for name in (VECTORS, IDS):
+    for name in (*_vector_files(meta["layout"]), IDS):
         if not (path / name).is_file():
             raise StoreError(f"{path / name} is missing")
-    if in_memory:
+    if meta["layout"] == "csr":
+        vectors = _load_csr(path, meta, verify)
+    elif in_memory:
         vectors = _load_vectors(path / VECTORS, meta, verify)
     else:
         if verify:
@@ -178,6 +197,30 @@ def _load_vectors(path: Path, meta: dict[str, Any], verify: bool) -> np.ndarray:
     if verify:
         digest.update(vectors.reshape(-1).view(np.uint8))
         _check_sha256(path, digest.hexdigest(), meta)
+    vectors.flags.writeable = False
+    return vectors
+
+
+def _vector_files(layout: str) -> tuple[str, ...]:
+    return tuple(CSR_FILES.values()) if layout == "csr" else (VECTORS,)
+
+
+def _load_csr(path: Path, meta: dict[str, Any], verify: bool) -> np.ndarray:
+    """The CSR files read (hashed when `verify`) and made dense (count, dim), read-only."""
+    parts = {}
+    for part, name in CSR_FILES.items():
+        try:
+            raw = (path / name).read_bytes()
+            if verify:
+                _check_sha256(path / name, hashlib.sha256(raw).hexdigest(), meta)
+            parts[part] = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise StoreError(f"{path / name} is not a readable .npy file: {err}") from err
+    try:
+        vectors = Csr(shape=(meta["count"], meta["dim"]), **parts).to_dense()
+    except ValueError as err:
+        raise StoreError(f"{path}: {err}") from err
+    _check_shape(path / CSR_FILES["data"], vectors.shape, vectors.dtype, meta)
     vectors.flags.writeable = False
     return vectors
 
@@ -253,8 +296,12 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads((path / META).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise StoreError(f"{path / META} is not readable JSON: {err}") from err
+    meta.setdefault("layout", "dense")  # stores written before sparse layouts
     missing = [k for k in ("count", "dim", "dtype", "sha256") if k not in meta]
-    missing += [f"sha256.{n}" for n in (VECTORS, IDS) if n not in meta.get("sha256", {})]
+    if meta["layout"] not in LAYOUTS:
+        raise StoreError(f"{path / META}: unknown layout {meta['layout']!r}")
+    missing += [f"sha256.{n}" for n in (*_vector_files(meta["layout"]), IDS)
+                if n not in meta.get("sha256", {})]
     if missing or meta["dtype"] not in DTYPES:
         raise StoreError(f"{path / META}: missing keys {missing} or bad dtype {meta.get('dtype')}")
     return meta

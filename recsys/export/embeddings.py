@@ -25,6 +25,7 @@ from features.ids import PAD
 from features.sequences import pad_left
 from recsys.data.split import Split
 from recsys.recipes import load_run, require
+from serving.sparse import csr_nbytes
 from serving.store import CURRENT, StoreError, current_version_dir, switch_current, write_store
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def _write_pair(out: Path, stores: dict[str, tuple[np.ndarray, np.ndarray]], *, 
             root = out / name
             try:
                 written[root] = write_store(root, ids, vectors, model=model, run_id=run_id,
-                                            normalized=_unit_norm(vectors), make_current=False)
+                                            normalized=_unit_norm(vectors), make_current=False,
+                                            layout=store_layout(vectors))
             except ValueError as err:  # say which store: both have the same checks
                 raise ValueError(f"{root}: {err}; no store was changed") from err
     except BaseException:
@@ -83,6 +85,14 @@ def _write_pair(out: Path, stores: dict[str, tuple[np.ndarray, np.ndarray]], *, 
         raise
     _switch_all(written)
     return {root.name: path for root, path in written.items()}
+
+
+def store_layout(vectors: np.ndarray) -> str:
+    """"csr" where it stores (count, dim) float32 vectors in fewer bytes than dense (the rows of
+    a sparse-trained item table), else "dense"."""
+    count, dim = vectors.shape
+    csr = csr_nbytes(count, dim, int(np.count_nonzero(vectors)), np.dtype(np.float32).itemsize)
+    return "csr" if csr < count * dim * np.dtype(np.float32).itemsize else "dense"
 
 
 def _switch_all(written: dict[Path, Path]) -> None:

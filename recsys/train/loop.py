@@ -61,7 +61,7 @@ from recsys.runtime.memory import keep_freed_memory
 from recsys.runtime.plots import training_curve
 from recsys.tasks.hooks import Hook, LoopContext, by_name
 from recsys.train.optimizer import build_optimizer, build_schedule, steps_per_epoch
-from recsys.train.sparsity import parameter_bytes, sparsity_hook
+from recsys.train.sparsity import export_sparse_weights, parameter_bytes, sparsity_hook
 from recsys.train.starts import resolve_starts
 
 log = logging.getLogger(__name__)
@@ -344,6 +344,8 @@ def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
     tracking.log_metrics(metrics["test"], prefix="test_")
     tracking.log_metrics({"best_epoch": state["best_epoch"], "epochs": state["epoch"]})
     tracking.log_metrics(metrics["param_bytes"], prefix="param_bytes_")
+    if config.sparse.enabled:
+        tracking.log_file(export_sparse_weights(model, run_dir / "model.sparse.safetensors"))
     tracking.log_file(run_dir / "metrics.json")
     if state["history"]:
         tracking.log_file(training_curve(state["history"], run_dir / "training_curve.png",

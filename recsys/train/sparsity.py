@@ -29,6 +29,7 @@ from recsys.config import ConfigError, SparseConfig
 from recsys.runtime.checkpoint import load_weights
 from recsys.tasks.hooks import Hook, LoopContext
 from recsys.train.optimizer import steps_per_epoch
+from serving.sparse import csr_nbytes, save_arrays
 
 
 class DynamicSparsity(Hook):
@@ -186,14 +187,22 @@ def densities(shapes: dict[str, torch.Size], density: float, distribution: str
 
 
 def parameter_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the model's parameters stored dense, and stored as a sparse export would: each
-    tensor as CSR (values, int32 column indices, int64 row pointers; a 1-D tensor as values and
-    int32 indices) where that is smaller than the dense tensor."""
+    """Bytes of the model's parameters stored dense, and stored as the sparse export stores
+    them: each tensor as CSR (`serving.sparse`; a 1-D tensor as one row) where that is smaller."""
     dense = stored = 0
     for p in model.parameters():
         size = p.numel() * p.element_size()
-        nnz = int(torch.count_nonzero(p))
-        rows = p.shape[0] + 1 if p.dim() >= 2 else 0
+        rows = p.shape[0] if p.dim() >= 2 else 1
+        csr = csr_nbytes(rows, p.numel() // max(rows, 1), int(torch.count_nonzero(p)),
+                         p.element_size())
         dense += size
-        stored += min(size, nnz * (p.element_size() + 4) + rows * 8)
+        stored += min(size, csr)
     return {"dense": dense, "sparse": stored}
+
+
+def export_sparse_weights(model: nn.Module, path: Path) -> Path:
+    """The model's weights (its state_dict, buffers included) with every tensor stored as CSR
+    where that is smaller (`serving.sparse.save_arrays`: numpy reads it back without torch)."""
+    save_arrays(path, {n: t.detach().float().cpu().numpy() for n, t in model.state_dict().items()
+                       if t.is_floating_point()})
+    return path

@@ -1,17 +1,21 @@
 """Dynamic sparse training: masks, schedule, regrowth, optimizer state, resume, bad input."""
 
 import dataclasses
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from recsys.config import ConfigError, SparseConfig, config_from_dict, config_to_dict
+from recsys.export.embeddings import export_embeddings
 from recsys.tasks.hooks import Hook, LoopContext
 from recsys.train.loop import fit
 from recsys.train.sparsity import DynamicSparsity, densities, parameter_bytes
+from serving.sparse import load_arrays
 
 SASREC_SPARSE = ("item_emb.weight", "encoder.layers.*.linear*.weight")
 
@@ -151,6 +155,15 @@ def test_sasrec_trains_at_density_0_2_with_masks_that_move(config):
     assert bytes_["dense"] - bytes_["sparse"] > 0.5 * covered  # CSR at 20%: ~1.6 of 4 bytes
     assert result.metrics["test"]["ndcg@10"] > 0.2  # still learns the successor pattern
 
+    exported = load_arrays(result.run_dir / "model.sparse.safetensors")  # numpy, no torch
+    best = _weights(result.run_dir)
+    assert exported.keys() == best.keys()
+    assert all(np.array_equal(exported[n], best[n].numpy()) for n in best)
+    embeddings = export_embeddings(result.run_dir)
+    items = json.loads((Path(embeddings["items_path"]) / "meta.json").read_text())
+    users = json.loads((Path(embeddings["users_path"]) / "meta.json").read_text())
+    assert (items["layout"], users["layout"]) == ("csr", "dense")  # the table's rows are sparse
+
 
 def _sasrec(config):
     from recsys.recipes import load_data, new_model
@@ -202,5 +215,6 @@ def test_parameter_bytes_count_csr_only_where_smaller():
     dense = parameter_bytes(layer)
     assert dense == {"dense": 40_000, "sparse": 40_000}
     with torch.no_grad():
-        layer.weight[10:] = 0  # 1,000 non-zeros: values + int32 columns + 101 row pointers
-    assert parameter_bytes(layer) == {"dense": 40_000, "sparse": 1_000 * 8 + 101 * 8}
+        layer.weight[10:] = 0  # 1,000 non-zeros: fp32 values, uint8 columns (< 100), and
+    # 101 uint16 row pointers (up to 1,000)
+    assert parameter_bytes(layer) == {"dense": 40_000, "sparse": 1_000 * 5 + 101 * 2}

@@ -1,0 +1,139 @@
+"""Dynamic sparse training against its alternatives at the same density and epoch budget.
+
+    python benchmarks/sparse.py                      # SASRec on ml-100k
+    python benchmarks/sparse.py --dataset amazon-industrial-scientific \
+        --config configs/scientific_two_tower_sparse.yaml
+
+The config's `sparse` section names the parameters kept sparse and the schedule; its
+`train.epochs` (E) is every run's budget. Runs: dense training (E epochs); then for each density
+d: dynamic sparse training from scratch (prune by magnitude, regrow by gradient), static random
+sparsity (the first random masks kept), and dense training for E/2 epochs, magnitude-pruned to d
+and fine-tuned with fixed masks for E/2 epochs (what a user would otherwise do; E in all). Each run
+is tested on its best valid epoch. Inference latency is the time to score the test users with the
+run's model (the dense kernels every run uses); `csr_kernel_ratio` times the catalogue score
+product with the largest sparse table as a torch CSR tensor against dense, on this machine.
+Prints a table and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from recsys import load_config
+from recsys.config import Config
+from recsys.recipes import evaluate_model, load_run
+from recsys.runtime.report import table
+from recsys.train.loop import RunResult, fit
+from recsys.train.sparsity import covered_parameters
+
+DENSITIES = (0.5, 0.2, 0.1)
+
+
+def _with(config: Config, epochs: int | None = None, **sparse) -> Config:
+    train = config.train if epochs is None else dataclasses.replace(
+        config.train, epochs=epochs, patience=epochs)
+    return dataclasses.replace(config, train=train,
+                               sparse=dataclasses.replace(config.sparse, **sparse))
+
+
+def _test_seconds(run: RunResult, repeats: int = 3) -> float:
+    """The fastest of `repeats` full-ranking test evaluations of the run's best model."""
+    model, config, split = load_run(run.run_dir / "checkpoint" / "best")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        evaluate_model(config, model, split, "test")
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def _csr_kernel_ratio(run: RunResult, patterns: tuple[str, ...], users: int = 1024) -> float:
+    """Seconds of (table as CSR) @ (dim x users) over the dense product, for the run's largest
+    sparse 2-D table: > 1 means the sparse kernel is slower here."""
+    model, _, _ = load_run(run.run_dir / "checkpoint" / "best")
+    tables = [p for p in covered_parameters(model, patterns).values() if p.dim() == 2]
+    weight = max(tables, key=lambda p: p.numel()).detach()
+    csr = weight.to_sparse_csr()
+    queries = torch.randn(weight.shape[1], users)
+
+    def best_of(product) -> float:
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    return best_of(lambda: csr @ queries) / best_of(lambda: weight @ queries)
+
+
+def _row(name: str, run: RunResult, dense: RunResult | None, seconds: float) -> dict:
+    test, base = run.metrics["test"], (dense or run).metrics
+    per_epoch = run.metrics["train_seconds"] / max(run.metrics["epochs"], 1)
+    dense_epoch = base["train_seconds"] / max(base["epochs"], 1)
+    return {"run": name, "ndcg@10": round(test["ndcg@10"], 5),
+            "recall@10": round(test["recall@10"], 5),
+            "param_bytes": run.metrics["param_bytes"]["sparse"],
+            "bytes_ratio": round(run.metrics["param_bytes"]["sparse"]
+                                 / base["param_bytes"]["dense"], 4),
+            "s_per_epoch": round(per_epoch, 2), "time_ratio": round(per_epoch / dense_epoch, 3),
+            "test_seconds": round(seconds, 3), "run_id": run.run_id}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k", help="folder name under --data-root")
+    parser.add_argument("--config", default="configs/ml100k_sasrec_sparse.yaml")
+    parser.add_argument("--data-root", default="../shared/data", help="where datasets live")
+    parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    raw = Path(args.data_root) / args.dataset
+    config = load_config(args.config, [f"data.raw={raw}",
+                                       f"data.dir=data/prepared/{args.dataset}", *args.set])
+    if not config.sparse.enabled:
+        raise SystemExit(f"{args.config} has no sparse.params: nothing to make sparse")
+    epochs, patterns = config.train.epochs, config.sparse.params
+    dense = fit(_with(config, params=()))
+    half = fit(_with(config, epochs=epochs // 2, params=()))
+    rows = [_row("dense", dense, None, _test_seconds(dense))]
+    summary: dict[str, object] = {"dataset": args.dataset, "model": config.model.name,
+                                  "epochs": epochs, "dense_ndcg@10": rows[0]["ndcg@10"]}
+    for d in args.densities:
+        runs = {
+            "dynamic": fit(_with(config, density=d, mode="dynamic")),
+            "static": fit(_with(config, density=d, mode="static")),
+            "prune": fit(_with(config, epochs=epochs - epochs // 2, density=d, mode="static",
+                               init="magnitude", init_from=str(half.run_dir))),
+        }
+        found = {k: _row(f"{k}@{d}", r, dense, _test_seconds(r)) for k, r in runs.items()}
+        rows += found.values()
+        ndcg = {k: r["ndcg@10"] for k, r in found.items()}
+        summary.update({
+            f"ndcg_ratio_vs_dense@{d}": round(ndcg["dynamic"] / rows[0]["ndcg@10"], 4),
+            f"ndcg_gain_vs_static@{d}": round(ndcg["dynamic"] - ndcg["static"], 5),
+            f"ndcg_gain_vs_prune@{d}": round(ndcg["dynamic"] - ndcg["prune"], 5),
+            f"param_bytes_ratio@{d}": found["dynamic"]["bytes_ratio"],
+            f"train_time_ratio@{d}": found["dynamic"]["time_ratio"],
+            f"test_latency_ratio@{d}": round(found["dynamic"]["test_seconds"]
+                                             / rows[0]["test_seconds"], 3),
+            f"csr_kernel_ratio@{d}": round(_csr_kernel_ratio(runs["dynamic"], patterns), 3),
+        })
+    keys = ("run", "ndcg@10", "recall@10", "param_bytes", "bytes_ratio", "s_per_epoch",
+            "time_ratio", "test_seconds")
+    print(table(keys, [tuple(r[k] for k in keys) for r in rows]))
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
