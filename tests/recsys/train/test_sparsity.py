@@ -148,7 +148,7 @@ def test_sasrec_trains_at_density_0_2_with_masks_that_move(config):
     for name, mask in masks.items():
         assert int(mask.sum()) == round(0.2 * mask.numel())
         assert not weights[name][~mask].any()
-    first = DynamicSparsity(sparse.sparse, _sasrec(sparse), 1).masks  # the seed's first masks
+    first = DynamicSparsity(sparse.sparse, _model(sparse), 1).masks  # the seed's first masks
     assert any(not torch.equal(first[n], masks[n]) for n in masks)  # dynamic: they moved
     bytes_ = result.metrics["param_bytes"]
     covered = sum(mask.numel() * 4 for mask in masks.values())  # fp32
@@ -165,7 +165,7 @@ def test_sasrec_trains_at_density_0_2_with_masks_that_move(config):
     assert (items["layout"], users["layout"]) == ("csr", "dense")  # the table's rows are sparse
 
 
-def _sasrec(config):
+def _model(config):
     from recsys.recipes import load_data, new_model
     dataset, split = load_data(config)
     return new_model(config, dataset, split)
@@ -200,7 +200,7 @@ def test_a_resumed_sparse_run_continues_identically(config):
 def test_magnitude_pruning_of_a_trained_run_keeps_its_largest_weights(config):
     dense = fit(config)
     pruned = _sparse(config, init="magnitude", init_from=str(dense.run_dir), mode="static")
-    model = _sasrec(pruned)
+    model = _model(pruned)
     hook = DynamicSparsity(pruned.sparse, model, 1)
     trained = _weights(dense.run_dir)["item_emb.weight"]
     kept = trained.abs()[hook.masks["item_emb.weight"]]
@@ -218,3 +218,20 @@ def test_parameter_bytes_count_csr_only_where_smaller():
         layer.weight[10:] = 0  # 1,000 non-zeros: fp32 values, uint8 columns (< 100), and
     # 101 uint16 row pointers (up to 1,000)
     assert parameter_bytes(layer) == {"dense": 40_000, "sparse": 1_000 * 5 + 101 * 2}
+
+
+def test_the_two_tower_trains_sparse_torchrec_tables(config, tiny_model_dir, tmp_path):
+    raw = config_to_dict(config)
+    raw["model"] = {"name": "two_tower", "two_tower": {
+        "dim": 16, "hidden": 32, "max_len": 12, "text": ["title"],
+        "encoder": {"path": str(tiny_model_dir), "cache_dir": str(tmp_path / "cache")}}}
+    raw["train"].update(epochs=3, lr=0.01, batch_size=32)
+    raw["sparse"] = {"params": ["*.embedding_bags.*.weight", "*.mlp.*.weight"], "density": 0.3,
+                     "update_every": 2}
+    result = fit(config_from_dict(raw))
+    masks, weights = _masks(result.run_dir), _weights(result.run_dir, "last")
+    table = "model.item_tower.bags.collection.embedding_bags.t_item_id.weight"
+    assert table in masks and any(".mlp." in n for n in masks)
+    for name, mask in masks.items():
+        assert int(mask.sum()) == round(0.3 * mask.numel())
+        assert not weights[name][~mask].any()
