@@ -323,7 +323,8 @@ def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
 
 def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
             state: dict) -> RunResult:
-    """Test the best checkpoint, write metrics.json and the curve, log both to MLflow."""
+    """Test the best checkpoint (its valid metrics are the ones measured when it was saved),
+    write metrics.json and the curve, log both to MLflow."""
     best = run_dir / "checkpoint" / "best"
     if has_checkpoint(best):
         load_weights(best, model)
@@ -337,7 +338,7 @@ def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
         "train_seconds": sum(r["seconds"] for r in state["history"]),
         "selection": f"valid {state['selection']}",
         "param_bytes": parameter_bytes(model),
-        "valid": evaluate_model(config, model, split, "valid"),
+        "valid": _best_valid(state) or evaluate_model(config, model, split, "valid"),
         "test": evaluate_model(config, model, split, "test"),
     }
     write_json(run_dir / "metrics.json", metrics)
@@ -353,6 +354,16 @@ def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
     for path in run_artifacts(config, model, split, run_dir):
         tracking.log_file(path)
     return RunResult(run_id=run_dir.name, run_dir=run_dir, metrics=metrics)
+
+
+def _best_valid(state: dict) -> dict[str, float] | None:
+    """The validation metrics the loop measured at the best epoch (the weights the best
+    checkpoint holds), or None when it measured none (nothing trained)."""
+    for record in state["history"]:
+        if record["epoch"] == state["best_epoch"] and f"valid_{state['selection']}" in record:
+            return {k.removeprefix("valid_"): v for k, v in record.items()
+                    if k.startswith("valid_")}
+    return None
 
 
 def _new_run_dir(config: Config, run_id: str) -> Path:

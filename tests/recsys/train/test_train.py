@@ -67,6 +67,8 @@ def test_early_stopping_keeps_the_best_epoch(config):
 def test_evaluate_rebuilds_the_model_from_the_run_dir_alone(config):
     result = fit(config)
     assert evaluate_run(result.run_dir, "test") == result.metrics["test"]
+    # the valid metrics are those measured at the best epoch, not evaluated again: the same
+    assert evaluate_run(result.run_dir, "valid") == result.metrics["valid"]
 
 
 def test_killed_run_resumes_to_the_same_metrics(config, tmp_path):
