@@ -15,7 +15,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from recsys.config import Config, config_to_dict, load_config, read_yaml
+from recsys.config import (
+    Config,
+    ConfigError,
+    config_to_dict,
+    load_config,
+    read_yaml,
+    stored_config,
+)
 from recsys.recipes import model_section
 
 log = logging.getLogger(__name__)
@@ -42,15 +49,24 @@ def resolve_starts(config: Config, train: Callable[[Config], Path]) -> Config:
 def finished_run(config: Config) -> Path | None:
     """The newest run dir under `config.train.runs_dir` that trained exactly `config` (any
     `train.threads`) to the end (its metrics.json written), or None."""
-    wanted = _experiment(config_to_dict(config))
+    wanted = _experiment(config)
     runs = [d for d in Path(config.train.runs_dir).glob("*/")
             if (d / "metrics.json").is_file() and (d / "config.yaml").is_file()]
-    matching = [d for d in runs
-                if _experiment(read_yaml(d / "config.yaml", "run config")) == wanted]
+    matching = [d for d in runs if _run_experiment(d) == wanted]
     return max(matching, key=lambda d: (d / "metrics.json").stat().st_mtime, default=None)
 
 
-def _experiment(config: dict) -> dict:
-    """A config dict without the keys that do not change what a run trains."""
-    train = {k: v for k, v in config.get("train", {}).items() if k != "threads"}
-    return {**config, "train": train}
+def _run_experiment(run_dir: Path) -> dict | None:
+    """The experiment a run dir's config.yaml describes, read as this code reads it (keys added
+    since it was written at their defaults), or None when this code cannot read it."""
+    try:
+        return _experiment(stored_config(read_yaml(run_dir / "config.yaml", "run config")))
+    except ConfigError:
+        return None
+
+
+def _experiment(config: Config) -> dict:
+    """The config as a dict without the keys that do not change what a run trains."""
+    raw = config_to_dict(config)
+    raw["train"].pop("threads")
+    return raw
