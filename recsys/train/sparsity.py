@@ -106,7 +106,7 @@ class DynamicSparsity(Hook):
     def _update(self, optimizer: torch.optim.Optimizer, share: float) -> None:
         """Prune `share` of each tensor's active weights by magnitude, regrow as many."""
         for name, p in self.params.items():
-            mask = self.masks[name].flatten()
+            mask = self.masks[name].flatten().clone()
             n_swap = min(int(share * mask.sum()), int((~mask).sum()))
             if n_swap == 0:
                 continue
@@ -119,6 +119,7 @@ class DynamicSparsity(Hook):
                 score = torch.rand(mask.numel(), generator=self.generator).to(mask.device)
             grow = score.masked_fill(mask, -math.inf).topk(n_swap).indices
             mask[grow] = True
+            self.masks[name] = mask.view(p.shape)
             p.view(-1)[grow] = 0.0  # regrown weights start at zero (RigL); their optimizer
             # state is zero already (inactive weights get no gradient)
         self._apply(optimizer)
