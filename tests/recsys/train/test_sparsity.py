@@ -12,10 +12,11 @@ from torch import nn
 
 from recsys.config import ConfigError, SparseConfig, config_from_dict, config_to_dict
 from recsys.export.embeddings import export_embeddings
-from recsys.tasks.hooks import Hook, LoopContext
+from recsys.tasks.hooks import LoopContext
 from recsys.train.loop import fit
 from recsys.train.sparsity import DynamicSparsity, densities, parameter_bytes
 from serving.sparse import load_arrays
+from tests.recsys.tasks.test_recformer import Stop, StopAt
 
 SASREC_SPARSE = ("item_emb.weight", "encoder.layers.*.linear*.weight")
 
@@ -169,19 +170,6 @@ def _model(config):
     from recsys.recipes import load_data, new_model
     dataset, split = load_data(config)
     return new_model(config, dataset, split)
-
-
-class Stop(RuntimeError):
-    pass
-
-
-class StopAt(Hook):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_start(self, ctx):
-        if ctx.epoch == self.epoch:
-            raise Stop
 
 
 def test_a_resumed_sparse_run_continues_identically(config):
