@@ -8,7 +8,7 @@
 
 With layout "csr" (vectors mostly zero, as a sparse-trained item table's rows) the vectors are
 stored as `vectors.data.npy`, `vectors.indices.npy` and `vectors.indptr.npy` instead
-(serving.sparse: only the non-zeros and their positions) and read back dense.
+(features.sparse: only the non-zeros and their positions) and read back dense.
 
 A version dir is complete before it gets its name (written under a temp name, then renamed), and
 CURRENT moves only after that, so a reader never sees half an export. No torch here: serving
@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.sparse import Csr
+from features.sparse import Csr
 
 DTYPES = ("float32", "float16")
 LAYOUTS = ("dense", "csr")

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from features.ids import PAD
 from features.sequences import pad_left
+from features.sparse import csr_nbytes
 from recsys.data.split import Split
 from recsys.recipes import load_run, require
-from serving.sparse import csr_nbytes
 from serving.store import CURRENT, StoreError, current_version_dir, switch_current, write_store
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from features.sparse import csr_nbytes, save_arrays
 from recsys.config import ConfigError, SparseConfig
 from recsys.runtime.checkpoint import load_weights
 from recsys.tasks.hooks import Hook, LoopContext
 from recsys.train.optimizer import steps_per_epoch
-from serving.sparse import csr_nbytes, save_arrays
 
 
 class DynamicSparsity(Hook):
@@ -189,7 +189,7 @@ def densities(shapes: dict[str, torch.Size], density: float, distribution: str
 
 def parameter_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of the model's parameters stored dense, and stored as the sparse export stores
-    them: each tensor as CSR (`serving.sparse`; a 1-D tensor as one row) where that is smaller."""
+    them: each tensor as CSR (`features.sparse`; a 1-D tensor as one row) where that is smaller."""
     dense = stored = 0
     for p in model.parameters():
         size = p.numel() * p.element_size()
@@ -203,7 +203,7 @@ def parameter_bytes(model: nn.Module) -> dict[str, int]:
 
 def export_sparse_weights(model: nn.Module, path: Path) -> Path:
     """The model's weights (its state_dict, buffers included) with every tensor stored as CSR
-    where that is smaller (`serving.sparse.save_arrays`: numpy reads it back without torch)."""
+    where that is smaller (`features.sparse.save_arrays`: numpy reads it back without torch)."""
     save_arrays(path, {n: t.detach().float().cpu().numpy() for n, t in model.state_dict().items()
                        if t.is_floating_point()})
     return path

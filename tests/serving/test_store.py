@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from serving.lookup import EmbeddingStore
 from serving.store import StoreError, _new_version, read_store, switch_current, write_store
+from tests.features.test_sparse import sparse_matrix
 
 
 def _vectors(count=5, dim=4, seed=0):
@@ -160,3 +162,34 @@ def test_bad_input_raises_and_writes_nothing(tmp_path, ids, vectors, dtype, mess
 def test_importing_the_store_does_not_import_torch():
     code = "import serving.store, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_csr_store_holds_only_the_non_zeros_and_reads_back_dense(tmp_path):
+    vectors = sparse_matrix()
+    ids = [f"i{n}" for n in range(len(vectors))]
+    version = write_store(tmp_path, ids, vectors, model="sasrec", run_id="r", normalized=False,
+                          layout="csr")
+    meta = json.loads((version / "meta.json").read_text())
+    assert meta["layout"] == "csr" and not (version / "vectors.npy").exists()
+    stored = sum((version / n).stat().st_size for n in meta["sha256"] if n != "ids.parquet")
+    assert stored < 0.5 * vectors.nbytes  # with the .npy headers
+    data = read_store(tmp_path)
+    np.testing.assert_array_equal(data.vectors, vectors)
+    assert not data.vectors.flags.writeable
+    store = EmbeddingStore(tmp_path)
+    found, _ = store.get(["i7"])
+    np.testing.assert_array_equal(found[0], vectors[7])
+    assert store.nearest(vectors[7], k=1).ids == ["i7"]
+
+
+def test_a_damaged_csr_file_fails_the_checksum(tmp_path):
+    version = write_store(tmp_path, ["a", "b"], sparse_matrix(2), model="m", run_id="r",
+                          normalized=False, layout="csr")
+    path = version / "vectors.indices.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="sha256"):
+        read_store(tmp_path)
+    with pytest.raises(StoreError, match="inconsistent"):  # a column past dim, unverified
+        read_store(tmp_path, verify=False)

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from features.sparse import load_arrays
 from recsys.config import ConfigError, SparseConfig, config_from_dict, config_to_dict
 from recsys.export.embeddings import export_embeddings
 from recsys.tasks.hooks import LoopContext
 from recsys.train.loop import fit
 from recsys.train.sparsity import DynamicSparsity, densities, parameter_bytes
-from serving.sparse import load_arrays
 from tests.recsys.tasks.test_recformer import Stop, StopAt
 
 SASREC_SPARSE = ("item_emb.weight", "encoder.layers.*.linear*.weight")

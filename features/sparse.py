@@ -1,4 +1,5 @@
-"""Compressed sparse row (CSR) matrices in numpy: how sparse tables and vectors are stored.
+"""Compressed sparse row (CSR) matrices in numpy: how sparse tables and vectors are stored, by
+the training side (a sparse run's weights, parameter bytes) and by serving (sparse stores).
 
 A (rows, cols) matrix with nnz non-zeros is three arrays, each in the smallest unsigned integer
 type its values fit (a 64-column table needs one byte per column index, not four):
