@@ -43,6 +43,7 @@ class SourceStats:
     sequences: int  # sequences of >= 2 items it contributes
     items: int  # its items in the joint catalogue
     items_without_text: int  # of those, items with no text (each read as the fallback token)
+    sha256: str | None = None  # a corpus set's dataset content hash (None for the target)
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,25 @@ def build_corpus(config: RecformerConfig, target_items: pd.DataFrame,
                          "mask token (masked language modelling needs one)")
     tables = [target_items]
     parts = [(TARGET, [np.asarray(s, np.int64) for s in target_train])]
+    hashes = [None]
     for corpus_set in config.pretrain_corpus:
-        items, sequences = _load_set(corpus_set, data_dir_base)
+        items, sequences, sha256 = _load_set(corpus_set, data_dir_base)
         offset = sum(len(t) for t in tables)  # joint index = offset + the set's own index
         tables.append(items)
         parts.append((corpus_set.dir, [s + offset for s in sequences]))
+        hashes.append(sha256)
     joint = pd.concat(tables, ignore_index=True, sort=False)  # union of columns, NaN elsewhere
     catalogue = build_item_tokens(config, joint, tokenizer)
 
     no_text = _without_text(catalogue)  # (n_items + 1,) bool
     sequences, sources, stats, start = [], [], [], 1
-    for (name, seqs), table in zip(parts, tables, strict=True):
+    for (name, seqs), table, sha256 in zip(parts, tables, hashes, strict=True):
         kept = [s for s in seqs if len(s) >= 2]
         sequences += kept
         sources += [name] * len(kept)
         end = start + len(table)
-        stats.append(SourceStats(name, len(kept), len(table), int(no_text[start:end].sum())))
+        stats.append(SourceStats(name, len(kept), len(table), int(no_text[start:end].sum()),
+                                 sha256))
         start = end
         log.info("recformer corpus: %s gives %d sequences over %d items (%d without text)",
                  *_fields(stats[-1]))
@@ -95,9 +99,10 @@ def build_corpus(config: RecformerConfig, target_items: pd.DataFrame,
                   stats=tuple(stats), mask_id=int(tokenizer.mask_token_id))
 
 
-def _load_set(corpus_set: CorpusSet, base: Path | None) -> tuple[pd.DataFrame, list[np.ndarray]]:
-    """One extra set's items table and every user's whole sequence (the set's own item
-    indices, time ordered as the evaluation split orders them)."""
+def _load_set(corpus_set: CorpusSet, base: Path | None
+              ) -> tuple[pd.DataFrame, list[np.ndarray], str | None]:
+    """One extra set's items table, every user's whole sequence (the set's own item indices,
+    time ordered as the evaluation split orders them) and the dataset's content hash."""
     raw, out = (Path(p) if base is None else Path(base) / p
                 for p in (corpus_set.raw, corpus_set.dir))
     mapping = getattr(corpus_set, "mapping", None)  # a set may one day carry its own mapping
@@ -108,7 +113,7 @@ def _load_set(corpus_set: CorpusSet, base: Path | None) -> tuple[pd.DataFrame, l
     sequences = [np.concatenate([train, [valid, test]]) if valid else train
                  for train, valid, test in zip(split.train, split.valid_target,
                                                split.test_target, strict=True)]
-    return dataset.items, sequences
+    return dataset.items, sequences, dataset.info.get("sha256")
 
 
 def _without_text(catalogue: ItemTokens) -> np.ndarray:

@@ -25,7 +25,7 @@ from torch import nn
 
 from features.sequences import pad_left
 from recsys.config import LossConfig
-from recsys.inputs.recformer_corpus import Corpus
+from recsys.inputs.recformer_corpus import TARGET, Corpus
 from recsys.models.recformer import KEY, VALUE
 
 # BERT's split of the selected tokens: 80 % [MASK], 10 % a random token, 10 % left unchanged
@@ -68,6 +68,12 @@ class PretrainTask(nn.Module):
         self.batch_size = batch_size
         self.lengths = np.array([len(s) for s in corpus.sequences], np.int64)
         self.width = min(corpus.items.max_items, int(self.lengths.max()) - 1)  # history items
+
+    @property
+    def data_sha256(self) -> dict[str, str | None]:
+        """The content hash of each corpus set's dataset, by its dir (the target's own is the
+        run's dataset hash): a run resumes only on the data it started with."""
+        return {s.name: s.sha256 for s in self.corpus.stats if s.name != TARGET}
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)

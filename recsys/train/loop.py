@@ -125,6 +125,7 @@ def fit(config: Config | None, resume: str | Path | None = None,
         ctx = _training(config, dataset, split, model, device)  # None: nothing to train
         if ctx is not None and config.sparse.enabled:
             named = by_name([*named.values(), sparsity_hook(ctx)])
+        more_data = getattr(ctx.task, "data_sha256", {}) if ctx else {}  # a task's other sets
         last = run_dir / "checkpoint" / "last"
         if resume is not None and has_checkpoint(last):
             optimizer, scheduler = (ctx.optimizer, ctx.scheduler) if ctx else (None, None)
@@ -132,7 +133,12 @@ def fit(config: Config | None, resume: str | Path | None = None,
             if "best_ndcg" in state:  # written before the selection metric was named
                 state["best_valid"] = state.pop("best_ndcg")
                 state["selection"] = "ndcg@10"
+            if "more_data_sha256" in state:  # not recorded before this check existed
+                _check_more_data(state["more_data_sha256"], more_data, run_dir)
             log.info("resumed %s at epoch %d", run_dir, state["epoch"])
+        elif more_data:
+            tracking.log_params({f"data_sha256.{name}": sha for name, sha in more_data.items()})
+        state["more_data_sha256"] = more_data
         state["run_id"] = run.info.run_id
         if ctx is not None and not state["done"]:
             state = _train_epochs(ctx, named, split, run_dir, state)
@@ -177,6 +183,15 @@ def _check_resumable(run_dir: Path, dataset) -> None:
         state = read_checkpoint(last)["state"]
         check_run_id(state, run_dir)
         check_dataset(state.get("dataset_sha256"), dataset, run_dir)
+
+
+def _check_more_data(saved: dict, now: dict, run_dir: Path) -> None:
+    """Refuse to resume on other data than a task's extra datasets (a pre-training corpus) held
+    when the run started."""
+    for name in sorted(set(saved) | set(now)):
+        if saved.get(name) != now.get(name):
+            raise ValueError(f"cannot resume {run_dir}: dataset {name} has content hash "
+                             f"{now.get(name)} now, {saved.get(name)} when the run started")
 
 
 def _train_epochs(ctx: LoopContext, hooks: dict[str, Hook], split: Split | CtrSplit,

@@ -23,6 +23,7 @@ from recsys.train.starts import finished_run
 from serving.app import Limits, create_app
 from serving.candidates import CandidateLookup
 from serving.lookup import EmbeddingStore
+from tests.conftest import write_successor_csv
 from tests.recsys.test_pipeline import _reranker
 
 
@@ -170,3 +171,21 @@ def test_a_stopped_recformer_run_resumes_to_the_same_weights_table_and_metrics(
     assert mine.keys() == theirs.keys() and "item_table" in mine
     for name in mine:
         assert torch.equal(mine[name], theirs[name]), name
+
+
+def test_a_pre_training_run_resumes_only_on_the_corpus_it_started_with(
+        config, tiny_model_dir, tmp_path):
+    other = tmp_path / "other"
+    write_successor_csv(other / "raw", seed=0)
+    corpus_set = {"source": "tabular", "raw": str(other / "raw"), "dir": str(other / "dataset"),
+                  "mapping": config.data.mapping}
+    cfg = _recformer_config(config, tiny_model_dir, epochs=2, task="pretrain",
+                            pretrain_corpus=[corpus_set])
+    with pytest.raises(Stop):
+        fit(cfg, hooks=[StopAt(1)])
+    (run_dir,) = Path(cfg.train.runs_dir).iterdir()
+    write_successor_csv(other / "raw", seed=1)  # the set changes: prepared again, new hash
+    with pytest.raises(ValueError, match=f"dataset {other / 'dataset'} has content hash"):
+        fit(None, resume=run_dir, hooks=[StopAt(99)])
+    write_successor_csv(other / "raw", seed=0)  # back as it was: the run goes on
+    assert fit(None, resume=run_dir, hooks=[StopAt(99)]).metrics["epochs"] == 2
