@@ -8,11 +8,11 @@ moments would otherwise keep moving a weight pruned a step ago). Every `update_e
 until `stop_at` of training, each tensor drops the smallest-magnitude share of its active weights
 and regrows as many inactive ones, by gradient magnitude or at random; regrown weights start at 0.
 
-Why not torch's own tools: `torch.nn.utils.parametrize` masks by recomputing `weight * mask` in
-every forward, which torchrec's fused embedding-bag kernels never call (they read the table
-directly) and which costs a dense multiply per step; `torch.ao.pruning`'s sparsifiers schedule
-pruning of a dense model but have no regrowth. The masks here act on the parameters in place, so
-they cover `nn.Linear`, attention projections, `nn.Embedding` and torchrec tables alike.
+Why not torch's own tools: `torch.nn.utils.parametrize` recomputes `weight * mask` in every
+forward and backward, and a table torchrec shards lives inside fused FBGEMM kernels that never
+read a parametrized attribute; `torch.ao.pruning`'s sparsifiers prune a dense model on a schedule
+but never regrow. The masks here act on the parameters in place, once a step outside autograd,
+so they cover `nn.Linear`, attention projections, `nn.Embedding` and torchrec tables alike.
 """
 
 from __future__ import annotations
@@ -133,10 +133,6 @@ class DynamicSparsity(Hook):
                 for value in optimizer.state.get(p, {}).values():
                     if torch.is_tensor(value) and value.shape == p.shape:
                         value.mul_(self.masks[name])
-
-    def active(self) -> dict[str, int]:
-        """Active weights per covered parameter."""
-        return {n: int(m.sum()) for n, m in self.masks.items()}
 
 
 def sparsity_hook(ctx: LoopContext) -> DynamicSparsity:
