@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         print("no CUDA device here: run this on the lent GPU machine", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)  # an import (fbgemm) already gave the root a WARNING handler
 
     raw = Path(args.data_root) / args.dataset
     config = load_config(args.config, [f"data.raw={raw}", f"data.dir=data/prepared/{args.dataset}",

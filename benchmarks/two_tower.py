@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every run, e.g. train.epochs=5")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)  # an import (fbgemm) already gave the root a WARNING handler
 
     data = [f"data.raw={Path(args.data_root) / args.dataset}",
             f"data.dir=data/prepared/{args.dataset}",
