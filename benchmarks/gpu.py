@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("no CUDA device here: run this on the lent GPU machine", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        force=True)  # an import (fbgemm) already gave the root a WARNING handler
+                        force=True)  # importing recsys already gave the root logger a handler
 
     raw = Path(args.data_root) / args.dataset
     config = load_config(args.config, [f"data.raw={raw}", f"data.dir=data/prepared/{args.dataset}",

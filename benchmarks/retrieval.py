@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        force=True)  # an import (fbgemm) already gave the root a WARNING handler
+                        force=True)  # importing recsys already gave the root logger a handler
 
     raw = Path(args.data_root) / args.dataset
     config = load_config(args.config, [f"data.raw={raw}",

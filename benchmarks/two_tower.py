@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="override for every run, e.g. train.epochs=5")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        force=True)  # an import (fbgemm) already gave the root a WARNING handler
+                        force=True)  # importing recsys already gave the root logger a handler
 
     data = [f"data.raw={Path(args.data_root) / args.dataset}",
             f"data.dir=data/prepared/{args.dataset}",
