@@ -35,14 +35,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.sparse import Csr
+from features.sparse import CSR_PARTS, Csr
 
 DTYPES = ("float32", "float16")
 LAYOUTS = ("dense", "csr")
 CURRENT = "CURRENT"
 IDS, VECTORS, META = "ids.parquet", "vectors.npy", "meta.json"
-CSR_FILES = {"data": "vectors.data.npy", "indices": "vectors.indices.npy",
-             "indptr": "vectors.indptr.npy"}
+CSR_FILES = {part: f"vectors.{part}.npy" for part in CSR_PARTS}  # data, indices, indptr
 
 
 class StoreError(ValueError):
@@ -211,8 +210,11 @@ def _load_csr(path: Path, meta: dict[str, Any], verify: bool) -> np.ndarray:
     for part, name in CSR_FILES.items():
         try:
             raw = (path / name).read_bytes()
-            if verify:
-                _check_sha256(path / name, hashlib.sha256(raw).hexdigest(), meta)
+        except OSError as err:
+            raise StoreError(f"cannot read {path / name}: {err}") from err
+        if verify:  # a StoreError of its own, not one for the .npy reader to rewrap
+            _check_sha256(path / name, hashlib.sha256(raw).hexdigest(), meta)
+        try:
             parts[part] = np.load(io.BytesIO(raw), allow_pickle=False)
         except (ValueError, OSError) as err:
             raise StoreError(f"{path / name} is not a readable .npy file: {err}") from err
