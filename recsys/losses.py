@@ -16,18 +16,20 @@ def full_softmax_cross_entropy(scores: torch.Tensor, targets: torch.Tensor) -> t
 
 
 def sampled_softmax(users: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
-                    temperature: float, log_q: torch.Tensor | None = None) -> torch.Tensor:
+                    temperature: float, log_q: torch.Tensor | None = None,
+                    reduction: str = "mean") -> torch.Tensor:
     """Softmax over a sampled set of distinct candidate items, with logQ correction.
 
     users (n, dim) and candidates (c, dim) are unit vectors; positive (n,) is the column of each
     row's own item. log_q (c,) is the log probability that the sampler put each candidate in the
     set; subtracting it undoes the bias towards popular items of in-batch negatives
     (Yi et al. 2019). Candidates are distinct, so no "accidental hit" repeats a positive.
+    `reduction` "sum" adds the rows' losses (0 for no rows) instead of averaging them.
     """
     logits = users @ candidates.T / temperature  # (n, c)
     if log_q is not None:
         logits = logits - log_q
-    return F.cross_entropy(logits, positive)
+    return F.cross_entropy(logits, positive, reduction=reduction)
 
 
 def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:

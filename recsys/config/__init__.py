@@ -5,6 +5,7 @@ nothing of the project).
 `loading` reads YAML and `--set` overrides into it, strictly, naming the key of any error.
 """
 
+from recsys.config.distributed import DistributedConfig
 from recsys.config.loading import (
     apply_override,
     config_from_dict,
@@ -36,8 +37,8 @@ from recsys.config.sections import (
 from recsys.config.sparse import SparseConfig
 
 __all__ = [
-    "Config", "ConfigError", "CorpusSet", "CtrDataConfig", "DataConfig", "EvalConfig",
-    "ExportConfig", "ItemTextConfig", "LossConfig", "MaskingConfig", "ModelConfig",
+    "Config", "ConfigError", "CorpusSet", "CtrDataConfig", "DataConfig", "DistributedConfig",
+    "EvalConfig", "ExportConfig", "ItemTextConfig", "LossConfig", "MaskingConfig", "ModelConfig",
     "PopularityConfig", "RecformerConfig", "RerankerConfig", "SASRecConfig", "SparseConfig",
     "TextEncoderConfig", "TrackingConfig", "TrainConfig", "TwoTowerConfig", "apply_override",
     "config_from_dict", "config_to_dict", "load_config", "read_yaml", "stored_config",

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, MinLen
 
+from recsys.config.distributed import DistributedConfig
 from recsys.config.ranges import (  # noqa: F401 (ConfigError is part of this module's API)
     ConfigError,
     Count,
@@ -263,3 +264,4 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)

@@ -39,20 +39,35 @@ def save_checkpoint(
 ) -> None:
     """Write a complete checkpoint at `path`, replacing any old one only once the new is whole.
     `hooks` maps each training hook's name to the hook (anything with `state_dict()`)."""
+    tmp = fresh_dir(path)
+    save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()},
+              tmp / "model.safetensors")
+    write_state(tmp, state, config, optimizer, scheduler, hooks)
+    swap_in(tmp, path)
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty `<path>.tmp` to write a checkpoint into before `swap_in`."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()},
-              tmp / "model.safetensors")
+    return tmp
+
+
+def write_state(
+    folder: Path, state: dict[str, Any], config: Config, optimizer: torch.optim.Optimizer | None,
+    scheduler: LRScheduler | None = None, hooks: Mapping[str, Any] | None = None,
+) -> None:
+    """Everything of a checkpoint but the weights: `optimizer.safetensors` (the optimizer's,
+    RNG and hook tensors) and `state.json`, written last."""
     tensors, opt_meta = _split_optimizer(optimizer)
     tensors.update(_rng_states())
     hook_meta = _split_hooks(hooks or {}, tensors)
-    save_file(tensors, tmp / "optimizer.safetensors")
+    save_file(tensors, folder / "optimizer.safetensors")
     doc = {"state": state, "optimizer": opt_meta, "config": config_to_dict(config),
            "scheduler": scheduler.state_dict() if scheduler is not None else None,
            "hooks": hook_meta}
-    (tmp / "state.json").write_text(json.dumps(doc, indent=1))  # inside tmp: atomic via rename
-    _swap_in(tmp, path)
+    (folder / "state.json").write_text(json.dumps(doc, indent=1))  # inside tmp: atomic via rename
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -70,9 +85,17 @@ def restore_training(
 ) -> dict:
     """Load weights, optimizer, LR schedule, RNG and hook states in place; returns the training
     state dict. `hooks` must be the hooks the checkpoint was written with, by name."""
+    load_weights(path, model)
+    return restore_state(path, optimizer, scheduler, hooks)
+
+
+def restore_state(
+    path: Path, optimizer: torch.optim.Optimizer | None,
+    scheduler: LRScheduler | None = None, hooks: Mapping[str, Any] | None = None,
+) -> dict:
+    """What `write_state` wrote, loaded in place (the RNG too); returns the training state."""
     path = _existing(path)
     doc = read_checkpoint(path)
-    load_weights(path, model)
     tensors = _read_tensors(path / "optimizer.safetensors")
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
@@ -207,7 +230,7 @@ def _load_hooks(hooks: Mapping[str, Any], saved: dict, tensors: dict[str, torch.
         hook.load_state_dict(state)
 
 
-def _swap_in(tmp: Path, path: Path) -> None:
+def swap_in(tmp: Path, path: Path) -> None:
     """Rename `tmp` to `path`; the old copy survives as `path.old` until the rename is done."""
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -58,6 +58,10 @@ class TwoTowerTask(nn.Module):
     Every position t >= 1 of a user's training sequence is one example: the user tower reads the
     items before t, the item at t is the positive. Negatives are the other positives of the batch
     plus `uniform_negatives` items drawn uniformly; the SSL loss reads its own uniform items.
+
+    Under torchrun (`shard_rows`) every rank draws the same global batch and negatives, scores
+    the whole batch's candidates, and takes the loss of its own slice of the examples, scaled so
+    that the ranks' gradients average (DDP, torchrec) to the global batch's.
     """
 
     def __init__(self, model: nn.Module | None, loss: LossConfig, split: Split, max_len: int,
@@ -78,6 +82,11 @@ class TwoTowerTask(nn.Module):
                              persistent=False)
         if loss.masking.kind == "correlated" and nmi is None:
             raise ValueError("correlated feature masking needs the feature NMI matrix")
+        self.rank, self.world = 0, 1
+
+    def shard_rows(self, rank: int, world: int) -> None:
+        """Take rank `rank`'s share of each batch's examples from now on."""
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
@@ -102,9 +111,11 @@ class TwoTowerTask(nn.Module):
         # drawn on the CPU generator (the one checkpoints keep), then moved to the batch's device
         negatives = torch.randint(1, self.n_items + 1, (cfg.uniform_negatives,)).to(targets.device)
         candidates, where = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
-        loss = sampled_softmax(model.user_vectors(history, users), model.item_vectors(candidates),
-                               where[: len(targets)], cfg.temperature,
-                               self.log_q[candidates] if cfg.logq else None)
+        mine = torch.arange(len(targets), device=targets.device).tensor_split(self.world)[self.rank]
+        loss = sampled_softmax(model.user_vectors(history[mine], users[mine]),
+                               model.item_vectors(candidates), where[mine], cfg.temperature,
+                               self.log_q[candidates] if cfg.logq else None, reduction="sum")
+        loss = loss * (self.world / len(targets))  # averaged over the ranks: the batch's mean
         if cfg.masking.kind != "none":
             loss = loss + cfg.masking.alpha * self.ssl_loss()
         return loss

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +60,8 @@ from recsys.runtime.checkpoint import (
 from recsys.runtime.memory import keep_freed_memory
 from recsys.runtime.plots import training_curve
 from recsys.tasks.hooks import Hook, LoopContext, by_name
-from recsys.train.optimizer import build_optimizer, build_schedule, steps_per_epoch
+from recsys.train.cluster import Local, Sharded, cluster_for
+from recsys.train.optimizer import build_schedule, steps_per_epoch
 from recsys.train.sparsity import export_sparse_weights, parameter_bytes, sparsity_hook
 from recsys.train.starts import resolve_starts
 
@@ -102,48 +103,71 @@ def fit(config: Config | None, resume: str | Path | None = None,
     if cfg.keep_freed_memory and not keep_freed_memory():
         log.warning("train.keep_freed_memory needs glibc's malloc: left as it was")
     torch.manual_seed(cfg.seed)
-    dataset, split = load_data(config)
+    dataset = split = None
+    with cluster_for(config, lambda: new_model(config, dataset, split)) as cluster:
+        dataset, split = cluster.main_first(lambda: load_data(config))
+        if resume is not None:
+            _check_resumable(Path(resume), dataset)
+        return _fit(config, resume, named, device, dataset, split, cluster)
+
+
+def _fit(config: Config, resume: Path | None, named: dict[str, Hook], device: torch.device,
+         dataset, split: Split | CtrSplit, cluster: Local | Sharded) -> RunResult:
+    """`fit` once the data is loaded, on every rank of `cluster`."""
     model = new_model(config, dataset, split)
     state = {"epoch": 0, "step": 0, "best_valid": -float("inf"), "best_epoch": 0,
              "bad_evals": 0, "selection": selection_metric(config), "history": [],
              "n_items": split.n_items, "done": False,
              "dataset_sha256": dataset.info.get("sha256")}
-
-    run_id = None
-    if resume is not None:
-        _check_resumable(Path(resume), dataset)
-        run_id = Path(resume).name  # the run dir is named by its MLflow run id
-    name = config.tracking.run_name or config.model.name
-    with tracking.start_run(config.tracking, run_id=run_id, name=name) as run:
+    with _tracked(config, resume, cluster) as run_id:
         if resume is None:
-            run_dir = _new_run_dir(config, run.info.run_id)
-            tracking.log_params({**config_to_dict(config),
-                                 "dataset_sha256": state["dataset_sha256"]})
-            tracking.log_file(run_dir / "config.yaml")
+            run_dir = Path(config.train.runs_dir) / run_id
+            if cluster.is_main:
+                _new_run_dir(config, run_dir)
+                tracking.log_params({**config_to_dict(config),
+                                     "dataset_sha256": state["dataset_sha256"]})
+                tracking.log_file(run_dir / "config.yaml")
         else:
             run_dir = Path(resume)
-        ctx = _training(config, dataset, split, model, device)  # None: nothing to train
+        ctx = _training(config, dataset, split, model, device, cluster)  # None: nothing to train
         if ctx is not None and config.sparse.enabled:
             named = by_name([*named.values(), sparsity_hook(ctx)])
         more_data = getattr(ctx.task, "data_sha256", {}) if ctx else {}  # a task's other sets
         last = run_dir / "checkpoint" / "last"
         if resume is not None and has_checkpoint(last):
-            optimizer, scheduler = (ctx.optimizer, ctx.scheduler) if ctx else (None, None)
-            state = restore_training(last, model, optimizer, scheduler, named)
+            state = (cluster.restore_last(last, ctx, named) if ctx
+                     else restore_training(last, model, None, None, named))
             if "best_ndcg" in state:  # written before the selection metric was named
                 state["best_valid"] = state.pop("best_ndcg")
                 state["selection"] = "ndcg@10"
             if "more_data_sha256" in state:  # not recorded before this check existed
                 _check_more_data(state["more_data_sha256"], more_data, run_dir)
             log.info("resumed %s at epoch %d", run_dir, state["epoch"])
-        elif more_data:
+        elif more_data and cluster.is_main:
             tracking.log_params({f"data_sha256.{name}": sha for name, sha in more_data.items()})
         state["more_data_sha256"] = more_data
-        state["run_id"] = run.info.run_id
+        state["run_id"] = run_id
         if ctx is not None and not state["done"]:
-            state = _train_epochs(ctx, named, split, run_dir, state)
-        model.cpu()  # evaluation and artifacts run on the CPU
-        return _finish(model, split, config, run_dir, state)
+            state = _train_epochs(ctx, named, split, run_dir, state, cluster)
+        final = cluster.full_model(ctx) if ctx else model
+        metrics = None
+        if cluster.is_main:
+            final.cpu()  # evaluation and artifacts run on the CPU
+            metrics = _finish(final, split, config, run_dir, state).metrics
+        return RunResult(run_id=run_id, run_dir=run_dir, metrics=cluster.share(metrics))
+
+
+@contextmanager
+def _tracked(config: Config, resume: Path | None, cluster: Local | Sharded) -> Iterator[str]:
+    """The run's MLflow run (rank 0 opens it; a resumed run reopens its own) -> its id, which
+    names the run dir, on every rank."""
+    if not cluster.is_main:
+        yield cluster.share(None)
+        return
+    run_id = None if resume is None else Path(resume).name  # the run dir is the run id
+    name = config.tracking.run_name or config.model.name
+    with tracking.start_run(config.tracking, run_id=run_id, name=name) as run:
+        yield cluster.share(run.info.run_id)
 
 
 def _device(name: str) -> torch.device:
@@ -154,12 +178,11 @@ def _device(name: str) -> torch.device:
 
 
 def _training(config: Config, dataset, split: Split | CtrSplit, model: nn.Module,
-              device: torch.device) -> LoopContext | None:
+              device: torch.device, cluster: Local | Sharded) -> LoopContext | None:
     """The task, optimizer and LR schedule on `device`, or None when the model has nothing to
     train. Built before a checkpoint is restored, so nothing here draws from the restored RNG."""
     model.to(device)
-    optimizer = build_optimizer(model, config.train)
-    if optimizer is None:
+    if not any(p.requires_grad for p in model.parameters()):
         return None
     task = training_task(config, dataset, split, model)
     if task is None:
@@ -168,7 +191,7 @@ def _training(config: Config, dataset, split: Split | CtrSplit, model: nn.Module
     if {id(p) for p in task.parameters()} - {id(p) for p in model.parameters()}:
         raise ValueError("the training task has parameters of its own: only the model's are "
                          "optimized and checkpointed (make them part of the model)")
-    task = task.to(device)
+    task, optimizer = cluster.prepare(task.to(device), model, config)
     epoch_steps = steps_per_epoch(len(task), config.train.grad_accum)
     scheduler = build_schedule(optimizer, config.train, epoch_steps)
     return LoopContext(model, task, optimizer, scheduler, config, device)
@@ -195,46 +218,59 @@ def _check_more_data(saved: dict, now: dict, run_dir: Path) -> None:
 
 
 def _train_epochs(ctx: LoopContext, hooks: dict[str, Hook], split: Split | CtrSplit,
-                  run_dir: Path, state: dict):
-    config, model = ctx.config, ctx.model
+                  run_dir: Path, state: dict, cluster: Local | Sharded):
+    config = ctx.config
     cfg = config.train
     select = state["selection"]
     epochs = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs,
-                  desc="train", unit="epoch", disable=None)
+                  desc="train", unit="epoch", disable=None if cluster.is_main else True)
     ctx.step = state["step"]
     for epoch in epochs:
         ctx.epoch = epoch
+        cluster.start_epoch()
         for hook in hooks.values():
             hook.on_epoch_start(ctx)
         started = time.perf_counter()
         loss, skipped = _one_epoch(ctx, hooks.values())
         for hook in hooks.values():
             hook.on_epoch_end(ctx)
-        record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
+        record = {"epoch": epoch + 1, "loss": cluster.mean(loss),
+                  "seconds": time.perf_counter() - started}
         if skipped:
             record["skipped_steps"] = skipped
         state["step"] = ctx.step
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            with _on_cpu(model, ctx.device):
-                valid = evaluate_model(config, model, split, "valid")
-            record.update({f"valid_{k}": v for k, v in valid.items()})
-            if valid[select] > state["best_valid"]:
-                state.update(best_valid=valid[select], best_epoch=epoch + 1, bad_evals=0)
-                save_checkpoint(run_dir / "checkpoint" / "best", model, None, state, config)
-            else:
-                state["bad_evals"] += 1
+            model = cluster.full_model(ctx)  # None on ranks other than 0
+            if model is not None:
+                _validate(model, ctx, split, run_dir, state, record)
+            state, record = cluster.share((state, record))
         state["history"].append(record)
         state["epoch"] = epoch + 1
         state["done"] = state["bad_evals"] >= cfg.patience or epoch + 1 == cfg.epochs
-        tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
-        save_checkpoint(run_dir / "checkpoint" / "last", model, ctx.optimizer, state, config,
-                        ctx.scheduler, hooks)
+        if cluster.is_main:
+            tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"},
+                                 step=epoch + 1)
+        cluster.save_last(run_dir / "checkpoint" / "last", ctx, state, hooks)
         epochs.set_postfix(loss=f"{loss:.4f}", **{f"best_{select}": f"{state['best_valid']:.4f}"})
-        log.info("epoch %d loss %.4f valid %s %s", epoch + 1, loss, select,
+        log.info("epoch %d loss %.4f valid %s %s", epoch + 1, record["loss"], select,
                  record.get(f"valid_{select}", "-"))
         if state["done"]:
             break
     return state
+
+
+def _validate(model: nn.Module, ctx: LoopContext, split: Split | CtrSplit, run_dir: Path,
+              state: dict, record: dict) -> None:
+    """Validate `model` into `record`; a new best updates `state` and `checkpoint/best`."""
+    select = state["selection"]
+    with _on_cpu(model, ctx.device):
+        valid = evaluate_model(ctx.config, model, split, "valid")
+    record.update({f"valid_{k}": v for k, v in valid.items()})
+    if valid[select] > state["best_valid"]:
+        state.update(best_valid=valid[select], best_epoch=ctx.epoch + 1, bad_evals=0)
+        save_checkpoint(run_dir / "checkpoint" / "best", model, None, state, ctx.config)
+    else:
+        state["bad_evals"] += 1
 
 
 @contextmanager
@@ -381,11 +417,9 @@ def _best_valid(state: dict) -> dict[str, float] | None:
     return None
 
 
-def _new_run_dir(config: Config, run_id: str) -> Path:
-    run_dir = Path(config.train.runs_dir) / run_id
+def _new_run_dir(config: Config, run_dir: Path) -> None:
     run_dir.mkdir(parents=True)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     write_text(run_dir / "config.yaml", text)
-    return run_dir
 
 
