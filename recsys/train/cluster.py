@@ -29,6 +29,7 @@ from recsys.runtime import distributed as ranks
 from recsys.runtime.checkpoint import (
     CheckpointError,
     fresh_dir,
+    read_checkpoint,
     restore_state,
     restore_training,
     save_checkpoint,
@@ -173,7 +174,8 @@ class Sharded:
         if not self.is_main:
             return None
         if self._replica is None:
-            self._replica = self.replica()
+            with torch.random.fork_rng(devices=[]):  # building it must not move the stream:
+                self._replica = self.replica()  # a resumed run builds it at another epoch
         # the task holds the model as `model`: its keys start with "model."
         self._replica.load_state_dict({k.removeprefix("model."): v for k, v in full.items()})
         return self._replica
@@ -193,7 +195,9 @@ class Sharded:
             raise CheckpointError(f"{path}: a single-process checkpoint; distributed.enabled "
                                   "resumes only sharded ones (resume with it off)")
         load_sharded(path / SHARDS, self.wrapped, ctx.optimizer)
-        return restore_state(path, None, ctx.scheduler, hooks)
+        state = restore_state(path, None, None, hooks)
+        _resume_schedule(ctx.scheduler, read_checkpoint(path)["scheduler"]["last_epoch"])
+        return state
 
 
 @contextmanager
@@ -234,6 +238,18 @@ def cluster_for(config: Config, replica: Callable[[], nn.Module]) -> Iterator[Lo
     finally:
         if joined:
             dist.destroy_process_group()
+
+
+def _resume_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, steps: int) -> None:
+    """Put the LR schedule at `steps` optimizer steps. Its saved state is not loaded: it holds
+    one entry per parameter group, and the fused optimizer has a group per table shard this rank
+    holds, so their number changes with the world size."""
+    scheduler.last_epoch = steps
+    rates = [base * factor(steps) for base, factor in zip(scheduler.base_lrs,
+                                                          scheduler.lr_lambdas, strict=True)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 def _quiet(worker: ranks.Worker) -> None:
