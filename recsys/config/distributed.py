@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from annotated_types import Gt
 
-from recsys.config.ranges import Count, _Invalid
+from recsys.config.ranges import Count
 
 ShardingType = Literal["table_wise", "column_wise", "table_column_wise", "row_wise",
                        "table_row_wise", "data_parallel"]
@@ -26,13 +26,9 @@ class DistributedConfig:
     enabled: bool = False  # train through torchrec's DistributedModelParallel (any world size)
     memory_per_rank_gb: Annotated[float, Gt(0)] = 8.0  # what the planner may place on one rank
     # ^ (host memory on CPU, GPU memory under CUDA): tables plus their optimizer state
-    sharding_types: tuple[ShardingType, ...] = ("table_wise", "column_wise")  # what the planner
-    # ^ may choose; row-wise ones need nccl (gloo has no reduce_scatter, pytorch/torchrec#1252)
+    sharding_types: tuple[ShardingType, ...] = ()  # what the planner may choose; () = table_wise
+    # ^ and column_wise, plus row_wise under nccl (gloo has no reduce_scatter, torchrec#1252)
     embedding_optimizer: Literal["adagrad", "rowwise_adagrad", "sgd", "adam"] = "adagrad"
     # ^ fused into the tables' backward (fbgemm); on CPU only adagrad, rowwise_adagrad and sgd.
     # rowwise_adagrad keeps one accumulator per row shard: column-wise shards change it
     timeout_s: Count = 300  # a collective waits this long for a peer (a dead or hung rank)
-
-    def __post_init__(self):
-        if not self.sharding_types:
-            raise _Invalid("sharding_types", "name at least one sharding type")

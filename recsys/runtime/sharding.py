@@ -37,6 +37,8 @@ FUSED = {"adagrad": EmbOptimType.EXACT_ADAGRAD, "sgd": EmbOptimType.EXACT_SGD,
          "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "adam": EmbOptimType.ADAM}
 CPU_FUSED = ("adagrad", "rowwise_adagrad", "sgd")  # fbgemm's CPU kernels
 ROW_SHARDINGS = ("row_wise", "table_row_wise")  # need reduce_scatter, which gloo lacks
+DEFAULT_SHARDINGS = {"cpu": ("table_wise", "column_wise"),
+                     "cuda": ("table_wise", "column_wise", "row_wise")}
 
 
 class ShardingError(ValueError):
@@ -48,7 +50,7 @@ class Sharding:
     """How the tables are placed and trained."""
 
     memory_per_rank: int  # bytes the planner may place on one rank
-    sharding_types: tuple[str, ...]  # torchrec ShardingType values it may choose
+    sharding_types: tuple[str, ...]  # torchrec ShardingType values it may choose; () = default
     optimizer: str  # a key of FUSED
     lr: float
     device: torch.device
@@ -72,7 +74,8 @@ def shard(module: nn.Module, how: Sharding,
                         local_world_size=_local_world(world),
                         ddr_cap=how.memory_per_rank if cpu else None,
                         hbm_cap=None if cpu else how.memory_per_rank)
-    constraints = {config.name: ParameterConstraints(sharding_types=list(how.sharding_types))
+    types = list(how.sharding_types or DEFAULT_SHARDINGS[how.device.type])
+    constraints = {config.name: ParameterConstraints(sharding_types=types)
                    for config in _table_configs(module)}
     try:
         plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints

@@ -36,6 +36,7 @@ from recsys.runtime.checkpoint import (
     swap_in,
     write_state,
 )
+from recsys.runtime.memory import peak_rss_bytes
 from recsys.runtime.sharding import (
     Sharding,
     gather_full,
@@ -81,6 +82,9 @@ class Local:
     def full_model(self, ctx: LoopContext) -> nn.Module:
         return ctx.model
 
+    def report(self) -> dict:
+        return {}
+
     def save_last(self, path: Path, ctx: LoopContext, state: dict, hooks: dict) -> None:
         save_checkpoint(path, ctx.model, ctx.optimizer, state, ctx.config, ctx.scheduler, hooks)
 
@@ -117,7 +121,7 @@ class Sharded:
     def __init__(self, worker: ranks.Worker, replica: Callable[[], nn.Module]):
         self.worker, self.replica = worker, replica
         self.is_main, self.world = worker.is_main, worker.world
-        self.wrapped = None
+        self.wrapped, self.plan = None, {}
         self._replica = None
 
     def prepare(self, task: nn.Module, model: nn.Module, config: Config):
@@ -140,9 +144,9 @@ class Sharded:
                                      lr=train.lr, weight_decay=train.weight_decay)
 
         self.wrapped, optimizer, plan = shard(task, how, dense)
+        self.plan = plan_summary(plan)
         if self.is_main:
-            log.info("torchrec plan on %d rank(s): %s; this rank holds %d table bytes",
-                     self.world, plan_summary(plan), local_table_bytes(self.wrapped))
+            log.info("torchrec plan on %d rank(s): %s", self.world, self.plan)
         return ShardedTask(self.wrapped, task), optimizer
 
     def main_first(self, load: Callable[[], Any]) -> Any:
@@ -179,6 +183,17 @@ class Sharded:
         # the task holds the model as `model`: its keys start with "model."
         self._replica.load_state_dict({k.removeprefix("model."): v for k, v in full.items()})
         return self._replica
+
+    def report(self) -> dict:
+        """{"distributed": world size, plan, per-rank table bytes and peak RSS} (a collective;
+        rank 0's peak includes the gathered model it evaluates)."""
+        mine = (local_table_bytes(self.wrapped) if self.wrapped is not None else 0,
+                peak_rss_bytes())
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, mine)
+        return {"distributed": {"world": self.world, "plan": self.plan,
+                                "table_bytes": [t for t, _ in everyone],
+                                "peak_rss_bytes": [r for _, r in everyone]}}
 
     def save_last(self, path: Path, ctx: LoopContext, state: dict, hooks: dict) -> None:
         tmp = fresh_dir(path) if self.is_main else path.with_name(path.name + ".tmp")

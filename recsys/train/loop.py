@@ -150,10 +150,10 @@ def _fit(config: Config, resume: Path | None, named: dict[str, Hook], device: to
         if ctx is not None and not state["done"]:
             state = _train_epochs(ctx, named, split, run_dir, state, cluster)
         final = cluster.full_model(ctx) if ctx else model
-        metrics = None
+        report, metrics = cluster.report(), None
         if cluster.is_main:
             final.cpu()  # evaluation and artifacts run on the CPU
-            metrics = _finish(final, split, config, run_dir, state).metrics
+            metrics = _finish(final, split, config, run_dir, state, report).metrics
         return RunResult(run_id=run_id, run_dir=run_dir, metrics=cluster.share(metrics))
 
 
@@ -373,9 +373,9 @@ def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
-            state: dict) -> RunResult:
+            state: dict, extra: dict | None = None) -> RunResult:
     """Test the best checkpoint (its valid metrics are the ones measured when it was saved),
-    write metrics.json and the curve, log both to MLflow."""
+    write metrics.json (with `extra`) and the curve, log both to MLflow."""
     best = run_dir / "checkpoint" / "best"
     if has_checkpoint(best):
         load_weights(best, model)
@@ -391,6 +391,7 @@ def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
         "param_bytes": parameter_bytes(model),
         "valid": _best_valid(state) or evaluate_model(config, model, split, "valid"),
         "test": evaluate_model(config, model, split, "test"),
+        **(extra or {}),
     }
     write_json(run_dir / "metrics.json", metrics)
     tracking.log_metrics(metrics["test"], prefix="test_")

@@ -10,7 +10,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["retrieval.py", "sparse.py", "recformer.py"])
+@pytest.mark.parametrize("script", ["retrieval.py", "sparse.py", "recformer.py", "distributed.py"])
 def test_the_benchmark_scripts_start(script):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"],
                           capture_output=True, text=True, timeout=120)

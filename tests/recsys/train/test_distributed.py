@@ -113,6 +113,10 @@ def test_two_ranks_match_one_rank_on_the_loss_curve_and_metrics(two_ranks, succe
     assert _losses(run_dir) == pytest.approx(_losses(one.run_dir), rel=TOLERANCE)
     _assert_close(two["metrics"], one.metrics)
     assert two["metrics"]["test"]["ndcg@10"] > 0.3  # it learned the successor pattern
+    placed, alone = two["metrics"]["distributed"], one.metrics["distributed"]
+    assert placed["world"] == 2 and alone["world"] == 1
+    assert sum(placed["table_bytes"]) == alone["table_bytes"][0] > 0  # each byte on one rank
+    assert max(placed["table_bytes"]) < alone["table_bytes"][0]
 
 
 @pytest.mark.distributed
