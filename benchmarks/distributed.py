@@ -34,14 +34,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def write_raw(folder: Path, items: int, users: int, seed: int = 0) -> int:
+def write_raw(folder: Path, items: int, users: int, active: int, seed: int = 0) -> int:
     """events.csv and items.csv under `folder` (kept when there); returns the training examples
-    an epoch holds (every position >= 1 of each user's prefix before its valid and test items)."""
+    an epoch holds (every position >= 1 of each user's prefix before its valid and test items).
+    Walks start among the first `active` items, so items recur across users (learnable), while
+    the catalogue, and so the item table, holds all `items`."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(8, 30, users)
     if not (folder / "events.csv").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        starts = rng.integers(0, items, users)
+        starts = rng.integers(0, min(active, items), users)
         user = np.repeat(np.arange(users), lengths)
         step = np.concatenate([np.arange(n) for n in lengths])
         item = (np.repeat(starts, lengths) + step) % items
@@ -61,14 +63,14 @@ def config(args, raw: Path, memory_gb: float) -> dict:
             "item_columns": {"item_id": "id"}, "timestamp_format": "unix"}},
         "model": {"name": "two_tower", "two_tower": {
             "dim": args.dim, "hidden": args.dim, "max_len": 20, "text": [], "dropout": 0.0}},
-        "train": {"seed": 0, "epochs": args.epochs, "batch_size": args.batch, "lr": 0.05,
+        "train": {"seed": 0, "epochs": args.epochs, "batch_size": args.batch, "lr": 0.01,
                   "patience": args.epochs, "threads": args.threads, "device": args.device,
                   "runs_dir": str(work / "runs"), "loss": {"temperature": 0.1}},
         "eval": {"chunk_users": 16, "ks": [10]},
         "tracking": {"experiment": "bench-distributed"},
         "distributed": {"enabled": True, "memory_per_rank_gb": memory_gb,
-                        "sharding_types": ["table_wise", "column_wise"], "timeout_s": 1800,
-                        "embedding_optimizer": "adagrad"},
+                        "timeout_s": 1800,
+                        "embedding_optimizer": args.embedding_optimizer},
     }
 
 
@@ -90,21 +92,24 @@ def train(args, raw: Path, world: int, memory_gb: float) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=4_000_000)
-    parser.add_argument("--users", type=int, default=4000)
+    parser.add_argument("--users", type=int, default=3000)
+    parser.add_argument("--active", type=int, default=5000, help="items the walks start among")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=256, help="global batch (both runs)")
+    parser.add_argument("--batch", type=int, default=1024, help="global batch (both runs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--memory-1", type=float, default=8.0, help="GiB a rank, 1 process")
     parser.add_argument("--memory-2", type=float, default=1.5, help="GiB a rank, 2 processes")
     parser.add_argument("--workdir", default="runs-bench/distributed")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--embedding-optimizer", default="adagrad",
+                        choices=("adagrad", "rowwise_adagrad", "sgd", "adam"))
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2],
                         help="process counts to run (one GPU holds one rank: --worlds 1)")
     args = parser.parse_args(argv)
 
-    raw = Path(args.workdir).resolve() / f"raw-{args.items}-{args.users}"
-    examples = write_raw(raw, args.items, args.users)
+    raw = Path(args.workdir).resolve() / f"raw-{args.items}-{args.users}-{args.active}"
+    examples = write_raw(raw, args.items, args.users, args.active)
     runs = {w: train(args, raw, w, args.memory_1 if w == 1 else args.memory_2)
             for w in args.worlds}
 

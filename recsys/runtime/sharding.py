@@ -145,19 +145,18 @@ def copy_into_shards(wrapped: nn.Module, full: dict[str, torch.Tensor]) -> None:
                 value.copy_(full[name])
 
 
-def gather_full(wrapped: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The whole state (every table assembled) on rank 0, None on the others; every rank must
-    call it (the gather is a collective)."""
-    rank = dist.get_rank()
-    full = {}
-    for name, value in wrapped.state_dict().items():
-        if hasattr(value, "local_shards"):
-            out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
-            value.gather(dst=0, out=out)
-            full[name] = out
-        else:
-            full[name] = value.detach().cpu().clone()
-    return full if rank == 0 else None
+def gather_into(wrapped: nn.Module, target: dict[str, torch.Tensor] | None,
+                strip: str = "") -> None:
+    """Assemble every tensor of `wrapped`'s state, tables included, into `target` (rank 0: the
+    state_dict of a plain model like it, keys less `strip`; None on the other ranks), in place,
+    so no second full copy is made. Every rank must call it (the gather is a collective)."""
+    with torch.no_grad():
+        for name, value in wrapped.state_dict().items():
+            out = None if target is None else target[name.removeprefix(strip)]
+            if hasattr(value, "local_shards"):
+                value.gather(dst=0, out=out)
+            elif out is not None:
+                out.copy_(value)
 
 
 def local_table_bytes(wrapped: nn.Module) -> int:

@@ -39,7 +39,7 @@ from recsys.runtime.checkpoint import (
 from recsys.runtime.memory import peak_rss_bytes
 from recsys.runtime.sharding import (
     Sharding,
-    gather_full,
+    gather_into,
     load_sharded,
     local_table_bytes,
     plan_summary,
@@ -174,14 +174,11 @@ class Sharded:
 
     def full_model(self, ctx: LoopContext) -> nn.Module | None:
         """Rank 0: a plain model holding the gathered weights; None elsewhere. A collective."""
-        full = gather_full(self.wrapped)
-        if not self.is_main:
-            return None
-        if self._replica is None:
+        if self.is_main and self._replica is None:
             with torch.random.fork_rng(devices=[]):  # building it must not move the stream:
                 self._replica = self.replica()  # a resumed run builds it at another epoch
-        # the task holds the model as `model`: its keys start with "model."
-        self._replica.load_state_dict({k.removeprefix("model."): v for k, v in full.items()})
+        target = self._replica.state_dict() if self.is_main else None
+        gather_into(self.wrapped, target, strip="model.")  # the task holds the model as `model`
         return self._replica
 
     def report(self) -> dict:
