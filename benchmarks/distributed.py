@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--memory-1", type=float, default=8.0, help="GiB a rank, 1 process")
     parser.add_argument("--memory-2", type=float, default=1.5, help="GiB a rank, 2 processes")
-    parser.add_argument("--workdir", default="runs-bench/distributed")
+    parser.add_argument("--workdir", default="runs/bench-distributed")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--embedding-optimizer", default="adagrad",
                         choices=("adagrad", "rowwise_adagrad", "sgd", "adam"))

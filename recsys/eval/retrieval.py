@@ -28,6 +28,7 @@ def rank_targets(
     `top10` (n_eval, 10) item indices under the configured setting.
     """
     model.eval()
+    score = model.scorer() if hasattr(model, "scorer") else model.score  # item side once
     rows = split.eval_users(which)
     targets = split.target(which)[rows]
     ranks, ranks_all, top10 = [], [], []
@@ -38,7 +39,7 @@ def rank_targets(
         longest = max(map(len, histories), default=1)
         inputs = torch.as_tensor(pad_left(histories, longest))  # models read what they need
         users = torch.as_tensor(chunk)
-        scores = rankable(model.score(inputs, users))  # (chunk, n_items + 1)
+        scores = rankable(score(inputs, users))  # (chunk, n_items + 1)
         ranks_all.append(rank_of(scores, target))
         if config.exclude_seen:
             mask_seen(scores, histories, target)

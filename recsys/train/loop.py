@@ -44,25 +44,23 @@ from recsys.recipes import (
     load_data,
     new_model,
     recipe_hooks,
-    run_artifacts,
     selection_metric,
     training_task,
 )
 from recsys.runtime import tracking
-from recsys.runtime.atomic import write_json, write_text
+from recsys.runtime.atomic import write_text
 from recsys.runtime.checkpoint import (
     has_checkpoint,
-    load_weights,
     read_checkpoint,
     restore_training,
     save_checkpoint,
 )
 from recsys.runtime.memory import keep_freed_memory
-from recsys.runtime.plots import training_curve
 from recsys.tasks.hooks import Hook, LoopContext, by_name
 from recsys.train.cluster import Local, Sharded, cluster_for
 from recsys.train.optimizer import build_schedule, steps_per_epoch
-from recsys.train.sparsity import export_sparse_weights, parameter_bytes, sparsity_hook
+from recsys.train.results import finish_run
+from recsys.train.sparsity import sparsity_hook
 from recsys.train.starts import resolve_starts
 
 log = logging.getLogger(__name__)
@@ -114,7 +112,7 @@ def fit(config: Config | None, resume: str | Path | None = None,
 def _fit(config: Config, resume: Path | None, named: dict[str, Hook], device: torch.device,
          dataset, split: Split | CtrSplit, cluster: Local | Sharded) -> RunResult:
     """`fit` once the data is loaded, on every rank of `cluster`."""
-    model = new_model(config, dataset, split)
+    model = cluster.main_first(lambda: new_model(config, dataset, split))  # rank 0 fills caches
     state = {"epoch": 0, "step": 0, "best_valid": -float("inf"), "best_epoch": 0,
              "bad_evals": 0, "selection": selection_metric(config), "history": [],
              "n_items": split.n_items, "done": False,
@@ -153,7 +151,7 @@ def _fit(config: Config, resume: Path | None, named: dict[str, Hook], device: to
         report, metrics = cluster.report(), None
         if cluster.is_main:
             final.cpu()  # evaluation and artifacts run on the CPU
-            metrics = _finish(final, split, config, run_dir, state, report).metrics
+            metrics = finish_run(final, split, config, run_dir, state, report)
         return RunResult(run_id=run_id, run_dir=run_dir, metrics=cluster.share(metrics))
 
 
@@ -370,52 +368,6 @@ def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]
              if p.grad is not None]
     return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-
-
-def _finish(model, split: Split | CtrSplit, config: Config, run_dir: Path,
-            state: dict, extra: dict | None = None) -> RunResult:
-    """Test the best checkpoint (its valid metrics are the ones measured when it was saved),
-    write metrics.json (with `extra`) and the curve, log both to MLflow."""
-    best = run_dir / "checkpoint" / "best"
-    if has_checkpoint(best):
-        load_weights(best, model)
-    else:  # nothing to train (popularity): the model as built is the final one
-        save_checkpoint(best, model, None, state, config)
-    metrics = {
-        "model": config.model.name,
-        "exclude_seen": config.eval.exclude_seen,
-        "epochs": state["epoch"],
-        "best_epoch": state["best_epoch"],
-        "train_seconds": sum(r["seconds"] for r in state["history"]),
-        "selection": f"valid {state['selection']}",
-        "param_bytes": parameter_bytes(model),
-        "valid": _best_valid(state) or evaluate_model(config, model, split, "valid"),
-        "test": evaluate_model(config, model, split, "test"),
-        **(extra or {}),
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    tracking.log_metrics(metrics["test"], prefix="test_")
-    tracking.log_metrics({"best_epoch": state["best_epoch"], "epochs": state["epoch"]})
-    tracking.log_metrics(metrics["param_bytes"], prefix="param_bytes_")
-    if config.sparse.enabled:
-        tracking.log_file(export_sparse_weights(model, run_dir / "model.sparse.safetensors"))
-    tracking.log_file(run_dir / "metrics.json")
-    if state["history"]:
-        tracking.log_file(training_curve(state["history"], run_dir / "training_curve.png",
-                                         state["selection"]))
-    for path in run_artifacts(config, model, split, run_dir):
-        tracking.log_file(path)
-    return RunResult(run_id=run_dir.name, run_dir=run_dir, metrics=metrics)
-
-
-def _best_valid(state: dict) -> dict[str, float] | None:
-    """The validation metrics the loop measured at the best epoch (the weights the best
-    checkpoint holds), or None when it measured none (nothing trained)."""
-    for record in state["history"]:
-        if record["epoch"] == state["best_epoch"] and f"valid_{state['selection']}" in record:
-            return {k.removeprefix("valid_"): v for k, v in record.items()
-                    if k.startswith("valid_")}
-    return None
 
 
 def _new_run_dir(config: Config, run_dir: Path) -> None:

@@ -59,6 +59,21 @@ def test_towers_return_unit_vectors_and_score_is_their_dot_product():
     torch.testing.assert_close(model.score(history, users), user @ items.T)
 
 
+def test_the_evaluation_scorer_encodes_the_catalogue_once_and_scores_as_score(monkeypatch):
+    model = _model()
+    history, users = torch.tensor([[0, 1, 2], [3, 4, 5]]), torch.tensor([0, 3])
+    want = model.score(history, users)
+    calls = []
+    tower = model.model.item_tower
+    monkeypatch.setattr(tower, "forward", lambda *a, **k: calls.append(1) or
+                        type(tower).forward(tower, *a, **k))
+    score = model.scorer()
+    encoded = len(calls)  # the catalogue, once
+    for _ in range(3):
+        torch.testing.assert_close(score(history, users), want)
+    assert encoded == 1 and len(calls) == 1 + 3  # then only each batch's history items
+
+
 def test_history_padding_and_duplicates_do_not_change_the_mean_user_vector():
     model = _model(user_ids=False)
     plain = model.user_vectors(torch.tensor([[1, 2]]))
