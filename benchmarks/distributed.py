@@ -11,9 +11,10 @@ from IDs alone) under `--workdir`, then trains `recsys train` under torchrun wit
 `--nproc-per-node` 1 and 2 and the same config (same global batch and seed), each process with
 `--threads` torch threads. The planner gets `--memory-1` GiB a rank for 1 process and
 `--memory-2` for 2: at 1.5 GiB a rank the planner still placed the whole 4M x 64 table (0.95
-GiB) on one rank; at the default 0.9 it cannot, so it splits it. samples/s counts training examples over the time
-of the training epochs alone (no evaluation). Per-rank peak RSS includes what rank 0 holds to
-evaluate: the gathered full model. Prints a table and ends with one JSON line.
+GiB) on one rank; at the default 0.9 it cannot, so it splits it. samples/s counts training
+examples over the time of the training epochs alone (no evaluation). Per-rank peak RSS
+includes what rank 0 holds to evaluate: the gathered full model. Prints a table and ends
+with one JSON line.
 """
 
 from __future__ import annotations

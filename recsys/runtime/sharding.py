@@ -37,6 +37,7 @@ FUSED = {"adagrad": EmbOptimType.EXACT_ADAGRAD, "sgd": EmbOptimType.EXACT_SGD,
          "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "adam": EmbOptimType.ADAM}
 CPU_FUSED = ("adagrad", "rowwise_adagrad", "sgd")  # fbgemm's CPU kernels
 ROW_SHARDINGS = ("row_wise", "table_row_wise")  # need reduce_scatter, which gloo lacks
+MIN_COLUMNS = 32  # narrowest column shard; torchrec's default (128) never splits a 64-wide table
 DEFAULT_SHARDINGS = {"cpu": ("table_wise", "column_wise"),
                      "cuda": ("table_wise", "column_wise", "row_wise")}
 
@@ -75,7 +76,8 @@ def shard(module: nn.Module, how: Sharding,
                         ddr_cap=how.memory_per_rank if cpu else None,
                         hbm_cap=None if cpu else how.memory_per_rank)
     types = list(how.sharding_types or DEFAULT_SHARDINGS[how.device.type])
-    constraints = {config.name: ParameterConstraints(sharding_types=types)
+    constraints = {config.name: ParameterConstraints(sharding_types=types,
+                                                     min_partition=MIN_COLUMNS)
                    for config in _table_configs(module)}
     try:
         plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints

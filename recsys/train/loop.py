@@ -9,7 +9,8 @@ group, so their gradients add up to the group's mean); the epoch's last, partial
 `state["step"]` counts optimizer steps, and the LR schedule (`recsys.train.optimizer`) steps with
 it. `train.precision: bf16` runs forward and loss under bf16 autocast; `train.device: cuda` puts
 the task (and so its model) and every batch on the GPU, while evaluation runs on the CPU.
-Hooks (`recsys.tasks.hooks`) run at step and epoch boundaries.
+Hooks (`recsys.tasks.hooks`) run at step and epoch boundaries. With `distributed.enabled` the
+same loop runs on every torchrun rank, its task sharded by torchrec (`recsys.train.cluster`).
 """
 
 from __future__ import annotations
