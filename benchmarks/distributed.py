@@ -94,6 +94,8 @@ def train(args, raw: Path, world: int, memory_gb: float) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="../shared/data",
+                        help="unused: the catalogue is synthetic (kept for the common flags)")
     parser.add_argument("--items", type=int, default=4_000_000)
     parser.add_argument("--users", type=int, default=1500)
     parser.add_argument("--active", type=int, default=5000, help="items the walks start among")
