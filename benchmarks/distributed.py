@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from recsys.runtime.report import table
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -122,23 +124,21 @@ def main(argv: list[str] | None = None) -> dict:
         return examples * m["epochs"] / m["train_seconds"]
 
     gib = 2**30
-    print(f"{'processes':>9} {'item table':<40} {'table GiB/rank':>16} {'peak RSS GiB/rank':>18} "
-          f"{'samples/s':>10} {'valid ndcg@10':>14}")
+    rows, summary = [], {"items": args.items, "dim": args.dim, "users": args.users,
+                         "epochs": args.epochs, "device": args.device,
+                         "examples_per_epoch": examples, "threads_per_process": args.threads}
     for world, m in runs.items():
         placed = m["distributed"]
         item = placed["plan"].get("t_item_id", {})
-        where = f"{item.get('type')} {item.get('shards')}"
-        print(f"{world:>9} {where:<40} "
-              f"{' '.join(f'{b / gib:.2f}' for b in placed['table_bytes']):>16} "
-              f"{' '.join(f'{b / gib:.2f}' for b in placed['peak_rss_bytes']):>18} "
-              f"{speed(m):>10.0f} {m['valid']['ndcg@10']:>14.4f}")
-    summary = {"items": args.items, "dim": args.dim, "users": args.users, "epochs": args.epochs,
-               "device": args.device, "examples_per_epoch": examples,
-               "threads_per_process": args.threads}
-    for world, m in runs.items():
+        rows.append((world, f"{item.get('type')} {item.get('shards')}",
+                     " ".join(f"{b / gib:.2f}" for b in placed["table_bytes"]),
+                     " ".join(f"{b / gib:.2f}" for b in placed["peak_rss_bytes"]),
+                     round(speed(m)), m["valid"]["ndcg@10"]))
         summary[f"samples_per_s_{world}"] = round(speed(m), 1)
-        summary[f"peak_rss_bytes_{world}"] = m["distributed"]["peak_rss_bytes"]
-        summary[f"plan_{world}"] = m["distributed"]["plan"]
+        summary[f"peak_rss_bytes_{world}"] = placed["peak_rss_bytes"]
+        summary[f"plan_{world}"] = placed["plan"]
+    print(table(("processes", "item table", "table GiB/rank", "peak RSS GiB/rank", "samples/s",
+                 "valid ndcg@10"), rows))
     if {1, 2} <= runs.keys():
         one, two = runs[1]["valid"], runs[2]["valid"]
         diff = max(abs(two[k] - one[k]) / max(abs(one[k]), 1e-12) for k in one)
