@@ -10,6 +10,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from recsys.runtime.signals import exit_on_sigterm
+
+    exit_on_sigterm()  # a stopped run unwinds and is marked KILLED, not left RUNNING
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return args.func(args) or 0

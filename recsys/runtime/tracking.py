@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,20 +38,32 @@ class TrackingError(ValueError):
     """The tracking store cannot be reached or used, or has no such run."""
 
 
-def start_run(config: TrackingConfig, run_id: str | None = None, name: str | None = None):
-    """Open a new MLflow run (or reopen `run_id` to resume); use as a context manager. An
-    exception inside marks the run FAILED; a store that cannot be used is a TrackingError."""
+@contextmanager
+def start_run(config: TrackingConfig, run_id: str | None = None, name: str | None = None
+              ) -> Iterator[mlflow.ActiveRun]:
+    """Open a new MLflow run (or reopen `run_id` to resume) for the `with` block. The run ends
+    FINISHED, FAILED on an exception, or KILLED when the process is interrupted (Ctrl-C, or a
+    SIGTERM after `recsys.runtime.signals.exit_on_sigterm`). A store that cannot be used is a
+    TrackingError."""
     uri = tracking_uri(config)
     _check_reachable(uri)
     try:
         mlflow.set_tracking_uri(uri)
-        if run_id is not None:
-            return mlflow.start_run(run_id=run_id)
-        mlflow.set_experiment(config.experiment)
-        return mlflow.start_run(run_name=name)
+        if run_id is None:
+            mlflow.set_experiment(config.experiment)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name)
     except MlflowException as err:
         problem = " ".join(str(err).split())[:300]
         raise TrackingError(f"MLflow tracking store {uri!r}: {problem}") from None
+    try:
+        yield run
+    except (KeyboardInterrupt, SystemExit):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def _check_reachable(uri: str, timeout: float = 10.0) -> None:

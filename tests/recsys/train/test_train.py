@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -71,24 +72,29 @@ def test_evaluate_rebuilds_the_model_from_the_run_dir_alone(config):
     assert evaluate_run(result.run_dir, "valid") == result.metrics["valid"]
 
 
-def test_killed_run_resumes_to_the_same_metrics(config, tmp_path):
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=40))
+def _train_until_epoch(config, tmp_path, epoch: int) -> tuple[subprocess.Popen, Path | None]:
+    """`recsys train` of `config` in a subprocess, and its checkpoint's state.json once that
+    holds `epoch` or later (None if training ended first or took over 120 s)."""
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(config)))
     proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "train", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "runs"
-    state_file = None
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         found = list(runs.glob("*/checkpoint/last/state.json")) if runs.exists() else []
         try:  # a checkpoint being swapped in may vanish or be half-read for a moment
-            if found and json.loads(found[0].read_text())["state"]["epoch"] >= 3:
-                state_file = found[0]
-                break
+            if found and json.loads(found[0].read_text())["state"]["epoch"] >= epoch:
+                return proc, found[0]
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
+    return proc, None
+
+
+def test_killed_run_resumes_to_the_same_metrics(config, tmp_path):
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=40))
+    proc, state_file = _train_until_epoch(config, tmp_path, 3)
     proc.kill()  # SIGKILL; a no-op when the process already ended (the assert below says so)
     proc.wait()
     assert state_file is not None, "training finished or never checkpointed before the kill"
@@ -102,3 +108,19 @@ def test_killed_run_resumes_to_the_same_metrics(config, tmp_path):
     assert resumed.metrics["test"] == straight.metrics["test"]
     assert resumed.metrics["valid"] == straight.metrics["valid"]
     assert resumed.metrics["epochs"] == straight.metrics["epochs"] == 40
+
+
+def test_a_stopped_run_is_marked_killed_in_mlflow_and_resumes(config, tmp_path):
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=40))
+    proc, state_file = _train_until_epoch(config, tmp_path, 1)
+    proc.terminate()  # SIGTERM, as a scheduler or torchrun stops a job
+    assert proc.wait(timeout=60) == 143
+    assert state_file is not None, "training finished or never checkpointed before the stop"
+    run_dir = state_file.parents[2]
+    client = MlflowClient(config.tracking.uri)
+    assert client.get_run(run_dir.name).info.status == "KILLED"  # not left RUNNING
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = fit(None, resume=run_dir)
+    assert resumed.metrics["epochs"] == 40
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
