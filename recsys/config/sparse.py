@@ -27,8 +27,9 @@ class SparseConfig:
     distribution: Literal["uniform", "erk"] = "uniform"  # every tensor at `density`, or
     # ^ Erdos-Renyi-Kernel: density per tensor ~ (rows + cols) / (rows * cols), same total
     mode: Literal["dynamic", "static"] = "dynamic"  # prune and regrow, or keep the first masks
-    growth: Literal["gradient", "random"] = "gradient"  # regrow by |gradient| (RigL, DSL) or
-    # ^ uniformly at random (SET)
+    growth: Literal["gradient", "accumulated", "random"] = "gradient"  # regrow by |gradient|
+    # ^ of the step (RigL, DSL), by |sum of the gradients since the last update| or uniformly
+    # ^ at random (SET)
     init: Literal["random", "magnitude"] = "random"  # first masks: uniformly at random, or the
     # ^ largest-magnitude weights of the start (with `init_from`: pruning a trained model)
     init_from: str | None = None  # run dir whose best weights the model starts from

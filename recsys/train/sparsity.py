@@ -6,7 +6,10 @@ inactive weights are zeroed (so the optimizer's moments of inactive weights stay
 every optimizer step the inactive weights and their optimizer state are zeroed again (AdamW's
 moments would otherwise keep moving a weight pruned a step ago). Every `update_every` steps,
 until `stop_at` of training, each tensor drops the smallest-magnitude share of its active weights
-and regrows as many inactive ones, by gradient magnitude or at random; regrown weights start at 0.
+and regrows as many inactive ones, by the magnitude of the step's dense gradient (RigL, DSL), of
+the dense gradients summed since the last update, or at random (SET); regrown weights start at 0.
+The sum matters for embedding tables trained with in-batch negatives: one batch's gradient
+touches only that batch's rows, so RigL's rule would regrow nearly all weights into them.
 
 Why not torch's own tools: `torch.nn.utils.parametrize` recomputes `weight * mask` in every
 forward and backward, and a table torchrec shards lives inside fused FBGEMM kernels that never
@@ -46,12 +49,15 @@ class DynamicSparsity(Hook):
         shares = densities({n: p.shape for n, p in self.params.items()}, config.density,
                            config.distribution)
         self.masks = {n: self._first_mask(p, shares[n]) for n, p in self.params.items()}
+        self.accumulated = ({n: torch.zeros_like(p) for n, p in self.params.items()}
+                            if config.growth == "accumulated" else {})  # since the last update
         self._apply(optimizer=None)
 
     # -- loop events ------------------------------------------------------------------------
 
     def after_backward(self, ctx: LoopContext) -> None:
         step = ctx.step + 1  # the optimizer step about to be taken
+        self._track_gradients()
         if self.config.mode == "dynamic" and self._updates_at(step):
             self._update(ctx.optimizer, self.prune_share(step))
         with torch.no_grad():
@@ -63,7 +69,8 @@ class DynamicSparsity(Hook):
         self._apply(ctx.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": dict(self.masks), "generator": self.generator.get_state()}
+        return {"masks": dict(self.masks), "accumulated": dict(self.accumulated),
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["masks"]) != set(self.masks):
@@ -71,6 +78,8 @@ class DynamicSparsity(Hook):
                              f"the config's sparse.params {sorted(self.masks)}")
         self.masks = {n: m.to(self.params[n].device, torch.bool)
                       for n, m in state["masks"].items()}
+        self.accumulated = {n: g.to(self.params[n].device)
+                            for n, g in state.get("accumulated", {}).items()}
         self.generator.set_state(state["generator"])
         self._apply(optimizer=None)
 
@@ -89,6 +98,14 @@ class DynamicSparsity(Hook):
         progress = min(step / max(self._last_update_step(), 1), 1.0)
         return cfg.prune_end + 0.5 * (cfg.prune_start - cfg.prune_end) * (
             1 + math.cos(math.pi * progress))
+
+    @torch.no_grad()
+    def _track_gradients(self) -> None:
+        """Add this step's dense gradients, before masking, to the sums growth reads."""
+        for name, total in self.accumulated.items():
+            grad = self.params[name].grad
+            if grad is not None:
+                total.add_(grad)
 
     # -- masks ------------------------------------------------------------------------------
 
@@ -113,7 +130,9 @@ class DynamicSparsity(Hook):
             weight = p.detach().flatten().abs().float()
             drop = weight.masked_fill(~mask, math.inf).topk(n_swap, largest=False).indices
             mask[drop] = False
-            if self.config.growth == "gradient" and p.grad is not None:
+            if self.config.growth == "accumulated":
+                score = self.accumulated[name].flatten().abs().float()
+            elif self.config.growth == "gradient" and p.grad is not None:
                 score = p.grad.detach().flatten().abs().float()
             else:
                 score = torch.rand(mask.numel(), generator=self.generator).to(mask.device)
@@ -123,6 +142,8 @@ class DynamicSparsity(Hook):
             p.view(-1)[grow] = 0.0  # regrown weights start at zero (RigL); their optimizer
             # state is zero already (inactive weights get no gradient)
         self._apply(optimizer)
+        for total in self.accumulated.values():
+            total.zero_()
 
     @torch.no_grad()
     def _apply(self, optimizer: torch.optim.Optimizer | None) -> None:

@@ -111,6 +111,26 @@ def test_an_update_prunes_the_smallest_and_regrows_the_largest_gradients():
     assert after.flatten()[wanted].all()
 
 
+@pytest.mark.parametrize("growth", ["gradient", "accumulated"])
+def test_accumulated_growth_follows_the_window_not_the_last_step(growth):
+    cfg = SparseConfig(params=("layer.weight",), density=0.5, update_every=4,
+                       prune_start=0.2, prune_end=0.2, growth=growth)
+    model, hook, ctx = _toy_context(cfg)
+    inactive = (~hook.masks["layer.weight"]).flatten().nonzero().squeeze(1)
+    steady, last = inactive[:10], inactive[10:20]
+    for _ in range(3):  # steps 1-3: a large gradient on `steady`
+        grad = torch.zeros(10, 10)
+        grad.view(-1)[steady] = 5.0 + torch.arange(10.0)
+        _step(model, hook, ctx, grad)
+    grad = torch.zeros(10, 10)
+    grad.view(-1)[last] = 8.0  # step 4 (the update): a moderate one on `last` alone
+    _step(model, hook, ctx, grad)
+    grown = hook.masks["layer.weight"].flatten()
+    expected, other = (steady, last) if growth == "accumulated" else (last, steady)
+    assert grown[expected].all() and not grown[other].any()
+    assert not any(total.any() for total in hook.accumulated.values())  # a new window
+
+
 def test_prune_share_decays_by_cosine_until_stop_at():
     cfg = SparseConfig(params=("layer.weight",), density=0.5, prune_start=0.5, prune_end=0.1,
                        stop_at=0.5, update_every=10)
@@ -172,9 +192,11 @@ def _model(config):
     return new_model(config, dataset, split)
 
 
-def test_a_resumed_sparse_run_continues_identically(config):
+@pytest.mark.parametrize("growth", ["gradient", "accumulated"])
+def test_a_resumed_sparse_run_continues_identically(config, growth):
     sparse = _sparse(dataclasses.replace(config, train=dataclasses.replace(config.train,
-                                                                           epochs=5)))
+                                                                           epochs=5)),
+                     growth=growth)
     with pytest.raises(Stop):
         fit(sparse, hooks=[StopAt(2)])
     (run_dir,) = Path(sparse.train.runs_dir).iterdir()
