@@ -12,7 +12,7 @@ Runs, in order (each a tracked MLflow run; a name given to --reuse is read from 
                that run's test numbers are the zero-shot ones (row `zero_shot`)
   no_pretrain  the same without pre-training
   no_stage2    the same with the item table re-encoded every epoch (no frozen stage 2)
-  tokens_128   the same at 128 tokens a sequence instead of 256
+  tokens_256   the same at 256 tokens a sequence instead of 128
 Test split, full ranking. Prints a table and ends with one JSON line: every run's metrics plus
 `ndcg_ratio_vs_sasrec` and `ndcg_all_ratio_vs_peer` (RecBole 1.2.1's SASRec on this split,
 seen items left in: test NDCG@10 0.0637, README "Results").
@@ -40,7 +40,7 @@ RUNS = {  # name -> (config, overrides)
     "recformer": (FINETUNE, []),
     "no_pretrain": (FINETUNE, ["model.recformer.init_from=null"]),
     "no_stage2": (FINETUNE, ["model.recformer.stage1_epochs=1000"]),
-    "tokens_128": (FINETUNE, ["model.recformer.max_tokens=128"]),
+    "tokens_256": (FINETUNE, ["model.recformer.max_tokens=256"]),
 }
 
 
