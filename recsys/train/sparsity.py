@@ -57,7 +57,8 @@ class DynamicSparsity(Hook):
 
     def after_backward(self, ctx: LoopContext) -> None:
         step = ctx.step + 1  # the optimizer step about to be taken
-        self._track_gradients()
+        if step <= self._last_update_step():  # no update reads the sums after that
+            self._track_gradients()
         if self.config.mode == "dynamic" and self._updates_at(step):
             self._update(ctx.optimizer, self.prune_share(step))
         with torch.no_grad():
