@@ -12,6 +12,11 @@ import torch
 UNRANKED = torch.iinfo(torch.int64).max  # the rank of a target the model could not score
 
 
+def chunk_scorer(model):
+    """`model.score` for scoring many chunks of users under fixed weights: a model with a
+    `scorer()` (the two-tower) computes its catalogue side once there, not once a chunk."""
+    return model.scorer() if hasattr(model, "scorer") else model.score
+
 
 def rankable(scores: torch.Tensor) -> torch.Tensor:
     """A float copy of model scores (B, n_items + 1) fit for ranking: the padding column and every

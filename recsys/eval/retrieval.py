@@ -15,7 +15,7 @@ from features.sequences import pad_left
 from recsys.config import EvalConfig
 from recsys.data.split import Split
 from recsys.metrics import coverage, mrr_at_k, ndcg_at_k, recall_at_k
-from recsys.ranking import mask_seen, rank_of, rankable
+from recsys.ranking import chunk_scorer, mask_seen, rank_of, rankable
 
 
 @torch.inference_mode()
@@ -28,7 +28,7 @@ def rank_targets(
     `top10` (n_eval, 10) item indices under the configured setting.
     """
     model.eval()
-    score = model.scorer() if hasattr(model, "scorer") else model.score  # item side once
+    score = chunk_scorer(model)
     rows = split.eval_users(which)
     targets = split.target(which)[rows]
     ranks, ranks_all, top10 = [], [], []

@@ -34,7 +34,7 @@ from features.sequences import pad_left
 from recsys.config import RerankerConfig
 from recsys.data.split import Split
 from recsys.models.reranker import N_RETRIEVAL
-from recsys.ranking import mask_seen, rank_of, rankable
+from recsys.ranking import chunk_scorer, mask_seen, rank_of, rankable
 
 DAY = 86_400  # seconds: the canonical schema's timestamps are integer seconds
 
@@ -75,13 +75,14 @@ def retrieve_lists(retriever: nn.Module, histories: list[np.ndarray], users: np.
     `max_len` is how much history the lists keep for the reranker (the retriever reads all).
     """
     retriever.eval()
+    score = chunk_scorer(retriever)
     parts = []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start : start + batch_size]
         rows = torch.as_tensor(users[start : start + len(chunk)])
         target = torch.as_tensor(targets[start : start + len(chunk)])
         longest = max(map(len, chunk), default=1)
-        scores = rankable(retriever.score(torch.as_tensor(pad_left(chunk, longest)), rows))
+        scores = rankable(score(torch.as_tensor(pad_left(chunk, longest)), rows))
         if exclude_seen:
             mask_seen(scores, chunk, target)
         parts.append(_top_k(scores, target, k))

@@ -147,7 +147,7 @@ class TwoTowerRetriever(nn.Module):
 
     def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """history (batch, L) -> scores (batch, n_items + 1); column 0 (padding) is meaningless."""
-        return self.user_vectors(history, users) @ self.item_vectors().T
+        return self.scorer()(history, users)
 
     def scorer(self) -> Callable[..., torch.Tensor]:
         """`score` with the catalogue's vectors computed once, for many batches of users under
