@@ -6,8 +6,10 @@ The default store is an embedded SQLite file `mlruns.db` in the working director
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,12 +96,17 @@ def log_file(path: Path, folder: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=folder)
 
 
+_KEY = re.compile(r"[\w\-. :/]+")  # what MLflow accepts in a param name
+
+
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and all(map(_KEY.fullmatch, map(str, value))):
             flat.update(_flatten(value, name + "."))
+        elif isinstance(value, dict):  # keys MLflow refuses (a pattern, a column name): one value
+            flat[name] = json.dumps(value, sort_keys=True)
         else:
             flat[name] = value
     return flat

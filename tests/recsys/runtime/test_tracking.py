@@ -5,11 +5,12 @@ import sys
 import time
 import urllib.request
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys.config import TrackingConfig
-from recsys.runtime.tracking import tracking_uri
+from recsys.runtime.tracking import log_params, tracking_uri
 from recsys.train.loop import fit
 
 
@@ -35,6 +36,20 @@ def test_default_store_is_sqlite_in_the_working_directory(config, tmp_path, monk
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").get_run(result.run_id)
     assert run.data.metrics["test_recall_at_10"] == pytest.approx(
         result.metrics["test"]["recall@10"])
+
+
+def test_a_mapping_whose_keys_mlflow_refuses_is_logged_as_one_value(tmp_path):
+    uri, before = f"sqlite:///{tmp_path / 'params.db'}", mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run() as run:
+            log_params({"train": {"lr": 0.1},
+                        "sparse": {"relative_density": {"*.embedding_bags.*.weight": 0.2}}})
+    finally:
+        mlflow.set_tracking_uri(before)
+    params = MlflowClient(uri).get_run(run.info.run_id).data.params
+    assert params == {"train.lr": "0.1",
+                      "sparse.relative_density": '{"*.embedding_bags.*.weight": 0.2}'}
 
 
 def _free_port() -> int:
