@@ -6,16 +6,19 @@ The parameters whose names match `params` (fnmatch patterns over the model's
 weights active. Every `update_every` optimizer steps the smallest-magnitude share of each
 tensor's active weights is pruned and as many inactive ones regrown; the share decays by cosine
 from `prune_start` to `prune_end`, and the masks stay fixed after `stop_at` of training.
+`relative_density` makes some tensors denser than others under the same total, for a model
+whose groups differ in what sparsity costs them (the two-tower loses little with sparse tables
+and much with sparse layers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from annotated_types import Interval
 
-from recsys.config.ranges import Count, Share, _Invalid
+from recsys.config.ranges import Count, Positive, Share, _Invalid
 
 Density = Annotated[float, Interval(gt=0, le=1)]
 
@@ -26,6 +29,10 @@ class SparseConfig:
     density: Density = 1.0  # share of the covered weights kept active
     distribution: Literal["uniform", "erk"] = "uniform"  # every tensor at `density`, or
     # ^ Erdos-Renyi-Kernel: density per tensor ~ (rows + cols) / (rows * cols), same total
+    relative_density: dict[str, Positive] = field(default_factory=dict)  # pattern -> factor:
+    # ^ the covered tensors a pattern matches (the first that does) are that many times denser
+    # ^ than the others, the scale still chosen so the active total is `density` (so one
+    # ^ density d maps to every group, e.g. tables 1, layers 5: d 0.2 -> 0.09 and 0.44)
     mode: Literal["dynamic", "static"] = "dynamic"  # prune and regrow, or keep the first masks
     growth: Literal["gradient", "accumulated", "random"] = "gradient"  # regrow by |gradient|
     # ^ of the step (RigL, DSL), by |sum of the gradients since the last update| or uniformly

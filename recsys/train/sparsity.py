@@ -21,6 +21,7 @@ so they cover `nn.Linear`, attention projections, `nn.Embedding` and torchrec ta
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from recsys.config import ConfigError, SparseConfig
 from recsys.runtime.checkpoint import load_weights
 from recsys.tasks.hooks import Hook, LoopContext
 from recsys.train.optimizer import steps_per_epoch
+
+log = logging.getLogger(__name__)
 
 
 class DynamicSparsity(Hook):
@@ -47,8 +50,11 @@ class DynamicSparsity(Hook):
         self.params = covered_parameters(model, config.params)
         self.generator = torch.Generator().manual_seed(config.seed)
         shares = densities({n: p.shape for n, p in self.params.items()}, config.density,
-                           config.distribution)
+                           config.distribution,
+                           relative_factors(list(self.params), config.relative_density))
         self.masks = {n: self._first_mask(p, shares[n]) for n, p in self.params.items()}
+        log.info("sparse: %d tensors, densities %s", len(shares),
+                 ", ".join(f"{n} {shares[n]:.3f}" for n in shares))
         self.accumulated = ({n: torch.zeros_like(p) for n, p in self.params.items()}
                             if config.growth == "accumulated" else {})  # since the last update
         self._apply(optimizer=None)
@@ -183,15 +189,29 @@ def covered_parameters(model: nn.Module, patterns: tuple[str, ...]) -> dict[str,
     return covered
 
 
-def densities(shapes: dict[str, torch.Size], density: float, distribution: str
-              ) -> dict[str, float]:
-    """Each tensor's share of active weights: `density` for every one ("uniform"), or
-    Erdos-Renyi-Kernel ("erk": proportional to sum(shape) / prod(shape), capped at 1, scaled so
-    the active total is `density` of all covered weights)."""
-    if distribution == "uniform":
-        return dict.fromkeys(shapes, density)
+def relative_factors(names: list[str], patterns: dict[str, float]) -> dict[str, float]:
+    """Each covered tensor's `relative_density` factor: that of the first pattern matching its
+    name, 1 where none does; a pattern matching no covered tensor is refused."""
+    factors: dict[str, float] = {}
+    for pattern, factor in patterns.items():
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise ConfigError(f"config key 'sparse.relative_density': {pattern!r} matches no "
+                              "parameter that sparse.params covers")
+        factors.update({n: factor for n in matched if n not in factors})
+    return factors
+
+
+def densities(shapes: dict[str, torch.Size], density: float, distribution: str,
+              relative: dict[str, float] | None = None) -> dict[str, float]:
+    """Each tensor's share of active weights, scaled so the active total is `density` of all
+    covered weights: proportional to 1 ("uniform") or to the Erdos-Renyi-Kernel score
+    sum(shape) / prod(shape) ("erk"), times the tensor's `relative` factor (default 1). A tensor
+    the scale would push to 1 or past is kept dense and the rest rescaled."""
+    relative = relative or {}
     sizes = {n: math.prod(s) for n, s in shapes.items()}
-    raw = {n: sum(s) / sizes[n] for n, s in shapes.items()}
+    raw = {n: (sum(s) / sizes[n] if distribution == "erk" else 1.0) * relative.get(n, 1.0)
+           for n, s in shapes.items()}
     dense: set[str] = set()
     while True:  # tensors the scale would push past 1 are kept dense, the rest rescaled
         rest = [n for n in shapes if n not in dense]

@@ -41,7 +41,7 @@ def _weights(run_dir: Path, which: str = "best") -> dict[str, torch.Tensor]:
 def test_uniform_and_erk_densities_keep_the_budget():
     shapes = {"emb": torch.Size([1000, 64]), "proj": torch.Size([64, 64]),
               "bias": torch.Size([64])}
-    assert densities(shapes, 0.2, "uniform") == dict.fromkeys(shapes, 0.2)
+    assert densities(shapes, 0.2, "uniform") == pytest.approx(dict.fromkeys(shapes, 0.2))
     erk = densities(shapes, 0.2, "erk")
     sizes = {n: s.numel() for n, s in shapes.items()}
     active = sum(erk[n] * sizes[n] for n in shapes)
@@ -49,6 +49,28 @@ def test_uniform_and_erk_densities_keep_the_budget():
     assert erk["bias"] == 1.0  # (n) / (n): kept dense
     assert erk["emb"] < erk["proj"] < 1.0  # the larger tensor is the sparser
     assert densities(shapes, 1.0, "erk") == dict.fromkeys(shapes, 1.0)
+
+
+def test_relative_densities_keep_the_budget_and_the_ratio():
+    shapes = {"table": torch.Size([900, 10]), "layer": torch.Size([10, 10])}
+    shares = densities(shapes, 0.2, "uniform", {"layer": 5.0})
+    assert shares["layer"] == pytest.approx(5 * shares["table"])
+    assert 9000 * shares["table"] + 100 * shares["layer"] == pytest.approx(0.2 * 9100)
+    capped = densities(shapes, 0.5, "uniform", {"layer": 5.0})  # 5x would pass 1: kept dense
+    assert capped["layer"] == 1.0
+    assert 9000 * capped["table"] + 100 == pytest.approx(0.5 * 9100)
+
+
+def test_relative_density_sets_the_first_masks():
+    model = Toy()
+    model.other = nn.Linear(10, 10, bias=False)
+    cfg = SparseConfig(params=("layer.weight", "other.weight"), density=0.3,
+                       relative_density={"other.*": 2.0})
+    hook = DynamicSparsity(cfg, model, 10)
+    assert int(hook.masks["layer.weight"].sum()) == 20  # 20 + 40 = 30% of 200
+    assert int(hook.masks["other.weight"].sum()) == 40
+    with pytest.raises(ConfigError, match=r"sparse\.relative_density.*'frozen'"):
+        DynamicSparsity(dataclasses.replace(cfg, relative_density={"frozen": 2.0}), model, 10)
 
 
 class Toy(nn.Module):
@@ -153,6 +175,7 @@ def test_bad_patterns_are_refused_naming_the_key(pattern, message):
 @pytest.mark.parametrize("override, key", [
     ({"density": 0}, "sparse.density"), ({"density": 1.5}, "sparse.density"),
     ({"update_every": 0}, "sparse.update_every"), ({"prune_end": 0.9}, "sparse.prune_end"),
+    ({"relative_density": {"x": 0}}, "sparse.relative_density.x"),
 ])
 def test_bad_sparse_values_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
