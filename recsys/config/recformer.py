@@ -42,6 +42,9 @@ class RecformerConfig:
     max_items: Count = 50  # newest history items a sequence keeps
     max_item_positions: Count = 64  # rows of the item-position table: 0 = [CLS], i = the i-th
     # ^ item newest first; at least max_items + 1
+    new_tables: Literal["normal", "zeros"] = "normal"  # how the token-type and item-position
+    # ^ tables start: normal(0, initializer_range) as the paper's code, or zeros (the backbone's
+    # ^ own function at the start; they are added to its embeddings, so they still train)
     pooling: Literal["cls", "mean"] = "mean"  # sequence vector: the mean of all real tokens'
     # ^ states, or the [CLS] state (the bundled MiniLM was trained with mean pooling; cut to a
     # few layers its [CLS] state is nearly the same vector for every input)

@@ -11,6 +11,7 @@ from transformers import AutoModel, LongformerConfig, LongformerModel
 from recsys.config.recformer import RecformerConfig
 from recsys.config.sections import _Invalid
 from recsys.models.recformer import CLS, KEY, PAD, VALUE, Recformer
+from recsys.models.text_encoder import mean_pool
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -110,6 +111,21 @@ def test_token_type_and_item_position_tables_change_the_vector(minilm):
     grads = torch.autograd.grad(minilm.encode(*TWO).sum(),
                                 [minilm.token_types.weight, minilm.item_positions.weight])
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_zero_new_tables_start_as_the_backbones_own_encoder(minilm):
+    zeros = Recformer(dataclasses.replace(minilm.config, new_tables="zeros")).eval()
+    assert not zeros.token_types.weight.any() and not zeros.item_positions.weight.any()
+    tokens, types, positions, mask = TWO
+    with torch.no_grad():
+        ours = zeros.encode(tokens, types, positions, mask)
+        own = zeros.backbone(input_ids=tokens, attention_mask=mask).last_hidden_state
+        randomised = minilm.encode(tokens, types, positions, mask)
+    assert torch.allclose(ours, mean_pool(own, mask), atol=1e-5)
+    assert not torch.allclose(ours, randomised, atol=1e-3)  # the default tables move it
+    grads = torch.autograd.grad(zeros.encode(*TWO).sum(),
+                                [zeros.token_types.weight, zeros.item_positions.weight])
+    assert all(g.abs().sum() > 0 for g in grads)  # still trained
 
 
 def test_padding_does_not_change_a_vector(minilm):
