@@ -139,7 +139,9 @@ def _recformer_task(config: Config, dataset: Dataset, split: Split, model: Recfo
     if start is not None:
         check_pretraining(config, Path(start))
         load_weights(Path(start) / "checkpoint" / "best", model.model, prefix="model.")
-    return RecformerTask(model, split, config.train.batch_size, config.train.loss.temperature)
+    loss = config.train.loss
+    return RecformerTask(model, split, config.train.batch_size, loss.temperature,
+                         loss.exclude_history)
 
 
 def check_pretraining(config: Config, start: Path) -> None:

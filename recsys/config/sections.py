@@ -107,6 +107,9 @@ class LossConfig:
 
     temperature: Positive = 0.05  # two_tower, recformer: softmax temperature of the loss over
     # ^ cosine scores
+    exclude_history: bool = False  # recformer fine-tuning: the user's history items are no
+    # ^ negatives (eval.exclude_seen leaves them out of the ranking; the untrained encoder puts
+    # ^ them first, and pushing them down moves what the ranking never reads)
     uniform_negatives: NonNegative = 0  # two_tower: negatives drawn uniformly from the
     # ^ catalogue, beside the in-batch ones
     logq: bool = True  # two_tower: subtract log sampling probability from each negative's logit

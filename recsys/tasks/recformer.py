@@ -3,8 +3,8 @@
 Per epoch every user with at least two train items gives one example: a random cut t >= 1 of
 their train prefix (the global torch RNG, which checkpoints keep), the items before t as the
 history and the item at t as the target. The loss is the softmax cross-entropy of the target
-over the whole catalogue, scored as cosine(sequence vector, item table row) / temperature
-(`train.loss.temperature`). The
+over the whole catalogue (less the history's own items with `train.loss.exclude_history`),
+scored as cosine(sequence vector, item table row) / temperature (`train.loss.temperature`). The
 item table is a buffer the `ItemTableRefresh` hook re-encodes (stage 1) and then keeps (stage
 2), so gradients reach the sequence side only, as in the paper's fine-tuning.
 """
@@ -26,10 +26,12 @@ from recsys.tasks.hooks import Hook, LoopContext
 class RecformerTask(nn.Module):
     """One (train prefix cut, next item) example per user and epoch; full softmax loss."""
 
-    def __init__(self, model: nn.Module, split: Split, batch_size: int, temperature: float):
+    def __init__(self, model: nn.Module, split: Split, batch_size: int, temperature: float,
+                 exclude_history: bool = False):
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.exclude_history = exclude_history
         self.sequences = [s for s in split.train if len(s) >= 2]
         self.batch_size = batch_size
 
@@ -51,9 +53,13 @@ class RecformerTask(nn.Module):
         """The mean next-item cross-entropy over the catalogue (a scalar)."""
         history, targets = batch
         logits = self.model.score(history) / self.temperature  # (B, n_items + 1)
-        logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) == 0,
-                                    -torch.inf)  # padding is never a target
-        return F.cross_entropy(logits, targets.to(logits.device))
+        history, targets = history.to(logits.device), targets.to(logits.device)
+        dropped = torch.zeros_like(logits, dtype=torch.bool)
+        dropped[:, 0] = True  # padding is never a target
+        if self.exclude_history:  # ... nor, then, an item of the history (the target stays)
+            dropped.scatter_(1, history, True)
+            dropped[torch.arange(len(targets), device=logits.device), targets] = False
+        return F.cross_entropy(logits.masked_fill(dropped, -torch.inf), targets)
 
 
 class ItemTableRefresh(Hook):

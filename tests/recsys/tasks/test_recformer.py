@@ -18,6 +18,7 @@ from recsys.export.embeddings import export_embeddings
 from recsys.pipeline import run_pipeline
 from recsys.recipes import evaluate_run, load_data, load_run, new_model, training_task
 from recsys.tasks.hooks import Hook
+from recsys.tasks.recformer import RecformerTask
 from recsys.train.loop import fit
 from recsys.train.starts import finished_run
 from serving.app import Limits, create_app
@@ -35,6 +36,35 @@ def _recformer_config(config, tiny_model_dir, epochs=2, **section):
         "max_item_positions": 9, "encode_batch": 16, **section}}
     raw["train"].update(epochs=epochs, batch_size=16, lr=0.005)
     return config_from_dict(raw)
+
+
+class FixedScores(torch.nn.Module):
+    """Scores every history the same way: row b of `scores` (B, n_items + 1)."""
+
+    max_len = 4
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def score(self, history):
+        return self.scores
+
+
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_the_loss_leaves_out_padding_and_with_exclude_history_the_historys_items(
+        exclude_history):
+    scores = torch.tensor([[9.0, 0.3, 0.9, 0.1, 0.5], [9.0, 0.2, 0.4, 0.8, 0.6]])
+    history = torch.tensor([[0, 0, 2, 3], [0, 4, 3, 1]])  # left-padded; row 2 holds its target
+    targets = torch.tensor([1, 1])
+    split = type("Split", (), {"train": []})()
+    task = RecformerTask(FixedScores(scores), split, 2, temperature=0.1,
+                         exclude_history=exclude_history)
+    kept = ([[1, 2, 3, 4], [1, 2, 3, 4]] if not exclude_history
+            else [[1, 4], [1, 2]])  # column 0 never; history items, but never the target
+    expected = torch.stack([
+        torch.logsumexp(scores[b, kept[b]] / 0.1, 0) - scores[b, 1] / 0.1 for b in range(2)])
+    assert task((history, targets)).item() == pytest.approx(expected.mean().item(), rel=1e-6)
 
 
 def test_fine_tuning_refreshes_the_item_table_in_stage_1_only_and_the_run_reloads(
