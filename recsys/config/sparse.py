@@ -27,8 +27,9 @@ Density = Annotated[float, Interval(gt=0, le=1)]
 class SparseConfig:
     params: tuple[str, ...] = ()  # fnmatch patterns of parameter names; () = dense training
     density: Density = 1.0  # share of the covered weights kept active
-    distribution: Literal["uniform", "erk"] = "uniform"  # every tensor at `density`, or
-    # ^ Erdos-Renyi-Kernel: density per tensor ~ (rows + cols) / (rows * cols), same total
+    distribution: Literal["uniform", "erk"] = "uniform"  # every tensor at `density` (times
+    # ^ its relative_density factor), or Erdos-Renyi-Kernel: density per tensor ~ (rows + cols)
+    # ^ / (rows * cols), same total
     relative_density: dict[str, Positive] = field(default_factory=dict)  # pattern -> factor:
     # ^ the covered tensors a pattern matches (the first that does) are that many times denser
     # ^ than the others, the scale still chosen so the active total is `density` (so one
