@@ -5,12 +5,11 @@ import sys
 import time
 import urllib.request
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys.config import TrackingConfig
-from recsys.runtime.tracking import log_params, tracking_uri
+from recsys.runtime.tracking import log_params, start_run, tracking_uri
 from recsys.train.loop import fit
 
 
@@ -39,14 +38,10 @@ def test_default_store_is_sqlite_in_the_working_directory(config, tmp_path, monk
 
 
 def test_a_mapping_whose_keys_mlflow_refuses_is_logged_as_one_value(tmp_path):
-    uri, before = f"sqlite:///{tmp_path / 'params.db'}", mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run() as run:
-            log_params({"train": {"lr": 0.1},
-                        "sparse": {"relative_density": {"*.embedding_bags.*.weight": 0.2}}})
-    finally:
-        mlflow.set_tracking_uri(before)
+    uri = f"sqlite:///{tmp_path / 'params.db'}"
+    with start_run(TrackingConfig(experiment="params", uri=uri)) as run:
+        log_params({"train": {"lr": 0.1},
+                    "sparse": {"relative_density": {"*.embedding_bags.*.weight": 0.2}}})
     params = MlflowClient(uri).get_run(run.info.run_id).data.params
     assert params == {"train.lr": "0.1",
                       "sparse.relative_density": '{"*.embedding_bags.*.weight": 0.2}'}
