@@ -33,7 +33,7 @@ class SparseConfig:
     relative_density: dict[str, Positive] = field(default_factory=dict)  # pattern -> factor:
     # ^ the covered tensors a pattern matches (the first that does) are that many times denser
     # ^ than the others, the scale still chosen so the active total is `density` (so one
-    # ^ density d maps to every group, e.g. tables 1, layers 5: d 0.2 -> 0.09 and 0.44)
+    # ^ density d maps to every group; the two-tower's tables at 0.2: d 0.2 -> 0.086 and 0.432)
     mode: Literal["dynamic", "static"] = "dynamic"  # prune and regrow, or keep the first masks
     growth: Literal["gradient", "accumulated", "random"] = "gradient"  # regrow by |gradient|
     # ^ of the step (RigL, DSL), by |sum of the gradients since the last update| or uniformly
