@@ -20,6 +20,7 @@ from torch import nn
 
 from features.sequences import pad_left
 from recsys.data.split import Split
+from recsys.ranking import mask_seen
 from recsys.tasks.hooks import Hook, LoopContext
 
 
@@ -53,13 +54,14 @@ class RecformerTask(nn.Module):
         """The mean next-item cross-entropy over the catalogue (a scalar)."""
         history, targets = batch
         logits = self.model.score(history) / self.temperature  # (B, n_items + 1)
-        history, targets = history.to(logits.device), targets.to(logits.device)
-        dropped = torch.zeros_like(logits, dtype=torch.bool)
-        dropped[:, 0] = True  # padding is never a target
+        targets = targets.to(logits.device)
+        logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) == 0,
+                                    -torch.inf)  # padding is never a target
         if self.exclude_history:  # ... nor, then, an item of the history (the target stays)
-            dropped.scatter_(1, history, True)
-            dropped[torch.arange(len(targets), device=logits.device), targets] = False
-        return F.cross_entropy(logits.masked_fill(dropped, -torch.inf), targets)
+            seen = torch.zeros_like(logits.detach())  # masked apart: in place on logits would
+            mask_seen(seen, list(history.cpu().numpy()), targets)  # break their backward
+            logits = logits + seen
+        return F.cross_entropy(logits, targets)
 
 
 class ItemTableRefresh(Hook):

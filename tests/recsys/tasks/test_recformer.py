@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -54,17 +55,21 @@ class FixedScores(torch.nn.Module):
 @pytest.mark.parametrize("exclude_history", [False, True])
 def test_the_loss_leaves_out_padding_and_with_exclude_history_the_historys_items(
         exclude_history):
-    scores = torch.tensor([[9.0, 0.3, 0.9, 0.1, 0.5], [9.0, 0.2, 0.4, 0.8, 0.6]])
+    scores = torch.tensor([[9.0, 0.3, 0.9, 0.1, 0.5], [9.0, 0.2, 0.4, 0.8, 0.6]],
+                          requires_grad=True)
     history = torch.tensor([[0, 0, 2, 3], [0, 4, 3, 1]])  # left-padded; row 2 holds its target
     targets = torch.tensor([1, 1])
-    split = type("Split", (), {"train": []})()
-    task = RecformerTask(FixedScores(scores), split, 2, temperature=0.1,
+    task = RecformerTask(FixedScores(scores), SimpleNamespace(train=[]), 2, temperature=0.1,
                          exclude_history=exclude_history)
     kept = ([[1, 2, 3, 4], [1, 2, 3, 4]] if not exclude_history
             else [[1, 4], [1, 2]])  # column 0 never; history items, but never the target
     expected = torch.stack([
         torch.logsumexp(scores[b, kept[b]] / 0.1, 0) - scores[b, 1] / 0.1 for b in range(2)])
-    assert task((history, targets)).item() == pytest.approx(expected.mean().item(), rel=1e-6)
+    loss = task((history, targets))
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-6)
+    loss.backward()
+    reached = scores.grad != 0
+    assert [row.nonzero().squeeze(1).tolist() for row in reached] == kept  # dropped: no gradient
 
 
 def test_fine_tuning_refreshes_the_item_table_in_stage_1_only_and_the_run_reloads(
