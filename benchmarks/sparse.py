@@ -43,9 +43,14 @@ def _with(config: Config, epochs: int | None = None, **sparse) -> Config:
                                sparse=dataclasses.replace(config.sparse, **sparse))
 
 
-def _test_seconds(run: RunResult, repeats: int = 3) -> float:
-    """The fastest of `repeats` full-ranking test evaluations of the run's best model."""
-    model, config, split = load_run(run.run_dir / "checkpoint" / "best")
+def _best(run: RunResult) -> tuple:
+    """(model, config, split) of the run's best checkpoint."""
+    return load_run(run.run_dir / "checkpoint" / "best")
+
+
+def _test_seconds(best: tuple, repeats: int = 3) -> float:
+    """The fastest of `repeats` full-ranking test evaluations of a run's (model, config, split)."""
+    model, config, split = best
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -54,10 +59,10 @@ def _test_seconds(run: RunResult, repeats: int = 3) -> float:
     return min(times)
 
 
-def _csr_kernel_ratio(run: RunResult, patterns: tuple[str, ...], users: int = 1024) -> float:
-    """Seconds of (table as CSR) @ (dim x users) over the dense product, for the run's largest
+def _csr_kernel_ratio(model: torch.nn.Module, patterns: tuple[str, ...],
+                      users: int = 1024) -> float:
+    """Seconds of (table as CSR) @ (dim x users) over the dense product, for the model's largest
     sparse 2-D table: > 1 means the sparse kernel is slower here."""
-    model, _, _ = load_run(run.run_dir / "checkpoint" / "best")
     tables = [p for p in covered_parameters(model, patterns).values() if p.dim() == 2]
     weight = max(tables, key=lambda p: p.numel()).detach()
     csr = weight.to_sparse_csr()
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     epochs, patterns = config.train.epochs, config.sparse.params
     dense = fit(_with(config, params=()))
     half = fit(_with(config, epochs=epochs // 2, params=()))
-    rows = [_row("dense", dense, None, _test_seconds(dense))]
+    rows = [_row("dense", dense, None, _test_seconds(_best(dense)))]
     summary: dict[str, object] = {"dataset": args.dataset, "model": config.model.name,
                                   "epochs": epochs, "dense_ndcg@10": rows[0]["ndcg@10"]}
     for d in args.densities:
@@ -116,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
             "prune": fit(_with(config, epochs=epochs - epochs // 2, density=d, mode="static",
                                init="magnitude", init_from=str(half.run_dir))),
         }
-        found = {k: _row(f"{k}@{d}", r, dense, _test_seconds(r)) for k, r in runs.items()}
+        best = {k: _best(r) for k, r in runs.items()}
+        found = {k: _row(f"{k}@{d}", r, dense, _test_seconds(best[k])) for k, r in runs.items()}
         rows += found.values()
         ndcg = {k: r["ndcg@10"] for k, r in found.items()}
         summary.update({
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"train_time_ratio@{d}": found["dynamic"]["time_ratio"],
             f"test_latency_ratio@{d}": round(found["dynamic"]["test_seconds"]
                                              / rows[0]["test_seconds"], 3),
-            f"csr_kernel_ratio@{d}": round(_csr_kernel_ratio(runs["dynamic"], patterns), 3),
+            f"csr_kernel_ratio@{d}": round(_csr_kernel_ratio(best["dynamic"][0], patterns), 3),
         })
     keys = ("run", "ndcg@10", "recall@10", "param_bytes", "bytes_ratio", "s_per_epoch",
             "time_ratio", "test_seconds")
