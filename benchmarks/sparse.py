@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default="../shared/data", help="where datasets live")
     parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--dense-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="overrides for the dense runs alone (dense, and pruning's dense "
+                             "half), e.g. the dropout the dense model is tuned with")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)  # importing recsys already gave the root logger a handler
@@ -108,12 +111,15 @@ def main(argv: list[str] | None = None) -> dict:
                                        f"data.dir=data/prepared/{args.dataset}", *args.set])
     if not config.sparse.enabled:
         raise SystemExit(f"{args.config} has no sparse.params: nothing to make sparse")
+    dense_config = load_config(args.config, [f"data.raw={raw}", f"data.dir=data/prepared/"
+                                             f"{args.dataset}", *args.set, *args.dense_set])
     epochs, patterns = config.train.epochs, config.sparse.params
-    dense = fit(_with(config, params=()))
-    half = fit(_with(config, epochs=epochs // 2, params=()))
+    dense = fit(_with(dense_config, params=()))
+    half = fit(_with(dense_config, epochs=epochs // 2, params=()))
     rows = [_row("dense", dense, None, _test_seconds(_best(dense)))]
     summary: dict[str, object] = {"dataset": args.dataset, "model": config.model.name,
-                                  "epochs": epochs, "dense_ndcg@10": rows[0]["ndcg@10"]}
+                                  "epochs": epochs, "dense_set": args.dense_set,
+                                  "dense_ndcg@10": rows[0]["ndcg@10"]}
     for d in args.densities:
         runs = {
             "dynamic": fit(_with(config, density=d, mode="dynamic")),
