@@ -2,17 +2,18 @@
 
     python benchmarks/sparse.py                      # SASRec on ml-100k
     python benchmarks/sparse.py --dataset amazon-industrial-scientific \
-        --config configs/scientific_two_tower_sparse.yaml
+        --config configs/scientific_two_tower_sparse.yaml --dense-set model.two_tower.dropout=0.3
 
-The config's `sparse` section names the parameters kept sparse and the schedule; its
-`train.epochs` (E) is every run's budget. Runs: dense training (E epochs); then for each density
-d: dynamic sparse training from scratch (prune by magnitude, regrow by gradient), static random
-sparsity (the first random masks kept), and dense training for E/2 epochs, magnitude-pruned to d
-and fine-tuned with fixed masks for E/2 epochs (what a user would otherwise do; E in all). Each run
-is tested on its best valid epoch. Inference latency is the time to score the test users with the
-run's model (the dense kernels every run uses); `csr_kernel_ratio` times the catalogue score
-product with the largest sparse table as a torch CSR tensor against dense, on this machine.
-Prints a table and ends with one JSON line.
+The config's `sparse` section names the parameters kept sparse and the schedule; its `train.epochs`
+(E) is every run's budget. Runs: dense training (E epochs); then for each density d: dynamic sparse
+training from scratch (prune by magnitude, regrow by gradient), static random sparsity (the first
+random masks kept), and dense training for E/2 epochs, magnitude-pruned to d and fine-tuned with
+fixed masks for E/2 epochs (what a user would otherwise do; E in all); `--dense-set` gives the
+dense runs their own settings (a sparse model may want less dropout than the dense one is tuned
+with). Each run is tested on its best valid epoch. Inference latency is the time to score the test
+users with the run's model (the dense kernels every run uses); `csr_kernel_ratio` times the
+catalogue score product with the largest sparse table as a torch CSR tensor against dense, on this
+machine. Prints a table and ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -107,12 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
                         force=True)  # importing recsys already gave the root logger a handler
 
     raw = Path(args.data_root) / args.dataset
-    config = load_config(args.config, [f"data.raw={raw}",
-                                       f"data.dir=data/prepared/{args.dataset}", *args.set])
+    overrides = [f"data.raw={raw}", f"data.dir=data/prepared/{args.dataset}", *args.set]
+    config = load_config(args.config, overrides)
     if not config.sparse.enabled:
         raise SystemExit(f"{args.config} has no sparse.params: nothing to make sparse")
-    dense_config = load_config(args.config, [f"data.raw={raw}", f"data.dir=data/prepared/"
-                                             f"{args.dataset}", *args.set, *args.dense_set])
+    dense_config = load_config(args.config, [*overrides, *args.dense_set])
     epochs, patterns = config.train.epochs, config.sparse.params
     dense = fit(_with(dense_config, params=()))
     half = fit(_with(dense_config, epochs=epochs // 2, params=()))
