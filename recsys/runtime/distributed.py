@@ -59,7 +59,8 @@ def process_group() -> Iterator[Worker]:
                             world_size=worker.world, device_id=worker.device if cuda else None)
     try:
         yield worker
-    finally:
+        dist.barrier()  # gloo's threads free the last collectives' tensors (taking the GIL)
+    finally:  # now, not at interpreter exit, where that aborts the process
         dist.destroy_process_group()
 
 

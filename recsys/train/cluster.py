@@ -240,6 +240,8 @@ def cluster_for(config: Config, replica: Callable[[], nn.Module]) -> Iterator[Lo
                                     timeout=timeout)
     try:
         yield Sharded(worker, replica)
+        if joined:  # as in `runtime.distributed.process_group`: no gloo work left for exit
+            dist.barrier()
     except RuntimeError as err:
         if isinstance(err, PeerLost) or not _collective_failure(err):
             raise
