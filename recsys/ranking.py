@@ -18,6 +18,14 @@ def chunk_scorer(model):
     return model.scorer() if hasattr(model, "scorer") else model.score
 
 
+def with_repeat_bias(scores: torch.Tensor, history: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """scores (B, n_items + 1) plus the scalar `bias` on every item of history (B, L), however
+    long: one learned offset for items already seen (RepeatNet-style repeat awareness)."""
+    seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, history.to(scores.device), True)
+    return scores + bias * seen
+
+
 def rankable(scores: torch.Tensor) -> torch.Tensor:
     """A float copy of model scores (B, n_items + 1) fit for ranking: the padding column and every
     non-finite score (a diverged model's NaN or inf) set to -inf, so that they rank last."""

@@ -115,7 +115,8 @@ def _recformer(section, dataset: Dataset, split: Split) -> RecformerRetriever:
     catalogue = build_item_tokens(section, dataset.items, load_tokenizer(section))
     model = Recformer(section)
     head = MaskedLMHead.matching(model) if section.task == "pretrain" else None
-    return RecformerRetriever(model, catalogue, head, encode_batch=section.encode_batch)
+    return RecformerRetriever(model, catalogue, head, encode_batch=section.encode_batch,
+                              repeat_bias=section.repeat_bias)
 
 
 def _pretrain_task(config: Config, dataset: Dataset, split: Split, model: RecformerRetriever):
@@ -136,10 +137,14 @@ def _recformer_task(config: Config, dataset: Dataset, split: Split, model: Recfo
     """Fine-tuning; a run that starts (not one rebuilt to evaluate) takes its encoder from the
     pre-training run `init_from` (its best checkpoint) before the first step."""
     start = config.model.recformer.init_from
+    loss = config.train.loss
+    if config.model.recformer.repeat_bias and loss.exclude_history:
+        raise ValueError("config key 'model.recformer.repeat_bias': the bias learns from the "
+                         "history's items as negatives, which train.loss.exclude_history drops; "
+                         "set that to false")
     if start is not None:
         check_pretraining(config, Path(start))
         load_weights(Path(start) / "checkpoint" / "best", model.model, prefix="model.")
-    loss = config.train.loss
     return RecformerTask(model, split, config.train.batch_size, loss.temperature,
                          loss.exclude_history)
 

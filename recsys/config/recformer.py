@@ -59,6 +59,9 @@ class RecformerConfig:
     stage1_epochs: NonNegative = 20  # finetune: epochs of stage 1; later ones (stage 2) keep
     # ^ the item table frozen as it was last encoded
     encode_batch: Count = 64  # items, or evaluated sequences, per forward pass when encoding
+    repeat_bias: bool = False  # finetune: learn one score offset for items already in the
+    # ^ history, as SASRec's; it learns from the history's items as negatives, so it needs
+    # ^ train.loss.exclude_history off (a symmetric encoder ranks the history first)
 
     def __post_init__(self):
         if self.task == "pretrain" and self.init_from is not None:
@@ -67,6 +70,9 @@ class RecformerConfig:
         if self.task == "finetune" and self.pretrain_corpus:
             raise _Invalid("pretrain_corpus", "fine-tuning reads the target alone; the corpus is "
                            "for task 'pretrain' (name that run in init_from)")
+        if self.task == "pretrain" and self.repeat_bias:
+            raise _Invalid("repeat_bias", "pre-training scores items against items, with no "
+                           "history to offset; the bias is fine-tuning's")
         if self.max_item_positions < self.max_items + 1:
             raise _Invalid("max_item_positions", f"{self.max_item_positions} rows cannot hold "
                            f"[CLS] and max_items {self.max_items} items; need at least "

@@ -42,6 +42,7 @@ from recsys.models.recformer import (
     RecformerInputs,
     backbone_path,
 )
+from recsys.ranking import with_repeat_bias
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +264,18 @@ class RecformerRetriever(nn.Module):
     The item table (n_items + 1, dim) is the catalogue encoded by the model itself, each item
     alone (`refresh_items`); it is a buffer, saved with the weights, so a checkpoint scores as
     it did when it was saved. Fine-tuning re-encodes it at epoch starts (stage 1), then keeps it
-    (stage 2); gradients reach the sequence side only. `mlm_head` is set for pre-training.
+    (stage 2); gradients reach the sequence side only. `mlm_head` is set for pre-training;
+    `repeat_bias` adds one learned offset (`repeat`, in cosine units) to the history's items.
     """
 
     def __init__(self, model: Recformer, catalogue: ItemTokens,
-                 mlm_head: nn.Module | None = None, encode_batch: int = 64):
+                 mlm_head: nn.Module | None = None, encode_batch: int = 64,
+                 repeat_bias: bool = False):
         super().__init__()
         self.model = model
         self.catalogue = catalogue
         self.mlm_head = mlm_head
+        self.repeat = nn.Parameter(torch.zeros(())) if repeat_bias else None
         self.encode_batch = encode_batch
         self.max_len = model.config.max_items
         self.n_items = catalogue.n_items
@@ -308,5 +312,7 @@ class RecformerRetriever(nn.Module):
         return F.normalize(self.sequence_vectors(history).float(), dim=-1)
 
     def score(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """history (batch, L) -> (batch, n_items + 1) scores; column 0 (padding) is meaningless."""
-        return self.model.score(self.sequence_vectors(history), self.item_table)
+        """history (batch, L) -> (batch, n_items + 1) scores; column 0 (padding) is meaningless.
+        The repeat bias, if any, applies to every item of `history`."""
+        scores = self.model.score(self.sequence_vectors(history), self.item_table)
+        return scores if self.repeat is None else with_repeat_bias(scores, history, self.repeat)

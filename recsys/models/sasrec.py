@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from recsys.config import SASRecConfig
+from recsys.ranking import with_repeat_bias
 
 
 class SASRec(nn.Module):
@@ -73,10 +74,7 @@ class SASRec(nn.Module):
         The repeat bias, if any, applies to every item of `history`, however long.
         """
         scores = self.item_scores(self.user_vectors(history))
-        if self.repeat is not None:
-            seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, history, True)
-            scores = scores + self.repeat * seen
-        return scores
+        return scores if self.repeat is None else with_repeat_bias(scores, history, self.repeat)
 
     def position_scores(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Scores after the chosen positions of a training batch (all positions at once).

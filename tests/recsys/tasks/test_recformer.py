@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from recsys.config import config_from_dict, config_to_dict, read_yaml
+from recsys.config import ConfigError, config_from_dict, config_to_dict, read_yaml
 from recsys.export.embeddings import export_embeddings
 from recsys.pipeline import run_pipeline
 from recsys.recipes import evaluate_run, load_data, load_run, new_model, training_task
@@ -122,6 +122,35 @@ def test_a_tiny_recformer_goes_down_the_whole_path(config, tiny_model_dir, tmp_p
         assert len(got.json()["candidates"]) == 10
 
 
+def test_a_repeat_bias_learns_to_offset_the_historys_items_alone_and_reloads(config,
+                                                                            tiny_model_dir):
+    cfg = _recformer_config(config, tiny_model_dir, epochs=1, repeat_bias=True)
+    result = fit(cfg)
+    model, _, split = load_run(result.run_dir / "checkpoint" / "best")
+    bias = model.repeat.detach().clone()
+    assert bias != 0  # it trained (from 0)
+    history = torch.tensor([[0, 0, 3, 5], [0, 2, 7, 2]])  # left-padded, a repeat in row 2
+    with torch.no_grad():
+        scores = model.score(history)
+        model.repeat.zero_()
+        plain = model.score(history)
+    offset = torch.zeros_like(plain)
+    offset[0, [0, 3, 5]] = bias  # the padding column 0 too: it is never ranked
+    offset[1, [0, 2, 7]] = bias  # once per item, however often it recurs
+    torch.testing.assert_close(scores - plain, offset)
+
+
+def test_a_repeat_bias_is_refused_where_it_cannot_learn(config, tiny_model_dir):
+    with pytest.raises(ConfigError, match="repeat_bias"):
+        _recformer_config(config, tiny_model_dir, task="pretrain", repeat_bias=True)
+    raw = config_to_dict(_recformer_config(config, tiny_model_dir, repeat_bias=True))
+    raw["train"]["loss"] = {**raw["train"].get("loss", {}), "exclude_history": True}
+    cfg = config_from_dict(raw)
+    dataset, split = load_data(cfg)
+    with pytest.raises(ValueError, match="repeat_bias.*exclude_history"):
+        training_task(cfg, dataset, split, new_model(cfg, dataset, split))
+
+
 def test_pre_training_is_a_run_of_its_own_whose_encoder_starts_fine_tuning(config,
                                                                           tiny_model_dir):
     pretrain = _recformer_config(config, tiny_model_dir, epochs=1, task="pretrain",
@@ -190,6 +219,7 @@ class StopAt(Hook):
 @pytest.mark.parametrize("section", [
     {"refresh_every": 2, "stage1_epochs": 3},  # refreshes at epochs 0 and 2, stage 2 at 3
     {"task": "pretrain"},  # masks and cuts from the RNG, the table refreshed at epoch ends
+    {"repeat_bias": True},  # the bias is a weight like the others
 ])
 def test_a_stopped_recformer_run_resumes_to_the_same_weights_table_and_metrics(
         config, tiny_model_dir, section):
