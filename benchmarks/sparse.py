@@ -2,18 +2,19 @@
 
     python benchmarks/sparse.py                      # SASRec on ml-100k
     python benchmarks/sparse.py --dataset amazon-industrial-scientific \
-        --config configs/scientific_two_tower_sparse.yaml --dense-set model.two_tower.dropout=0.3
+        --config configs/scientific_two_tower_sparse.yaml
 
 The config's `sparse` section names the parameters kept sparse and the schedule; its `train.epochs`
 (E) is every run's budget. Runs: dense training (E epochs); then for each density d: dynamic sparse
 training from scratch (prune by magnitude, regrow by gradient), static random sparsity (the first
 random masks kept), and dense training for E/2 epochs, magnitude-pruned to d and fine-tuned with
-fixed masks for E/2 epochs (what a user would otherwise do; E in all); `--dense-set` gives the
-dense runs their own settings (a sparse model may want less dropout than the dense one is tuned
-with). Each run is tested on its best valid epoch. Inference latency is the time to score the test
-users with the run's model (the dense kernels every run uses); `csr_kernel_ratio` times the
-catalogue score product with the largest sparse table as a torch CSR tensor against dense, on this
-machine. Prints a table and ends with one JSON line.
+fixed masks for E/2 epochs (what a user would otherwise do; E in all). The dense runs take the
+config's `sparse.dense_baseline` overrides: a sparse model may be tuned apart from the dense one
+(less dropout, a higher rate), and the dense model is measured at its own settings. Each run is
+tested on its best valid epoch. Inference latency is the time to score the test users with the
+run's model (the dense kernels every run uses); `csr_kernel_ratio` times the catalogue score
+product with the largest sparse table as a torch CSR tensor against dense, on this machine. Prints
+a table and ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -100,9 +101,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default="../shared/data", help="where datasets live")
     parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--dense-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="overrides for the dense runs alone (dense, and pruning's dense "
-                             "half), e.g. the dropout the dense model is tuned with")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)  # importing recsys already gave the root logger a handler
@@ -112,13 +110,14 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(args.config, overrides)
     if not config.sparse.enabled:
         raise SystemExit(f"{args.config} has no sparse.params: nothing to make sparse")
-    dense_config = load_config(args.config, [*overrides, *args.dense_set])
+    baseline = list(config.sparse.dense_baseline)
+    dense_config = load_config(args.config, [*overrides, *baseline])
     epochs, patterns = config.train.epochs, config.sparse.params
     dense = fit(_with(dense_config, params=()))
     half = fit(_with(dense_config, epochs=epochs // 2, params=()))
     rows = [_row("dense", dense, None, _test_seconds(_best(dense)))]
     summary: dict[str, object] = {"dataset": args.dataset, "model": config.model.name,
-                                  "epochs": epochs, "dense_set": args.dense_set,
+                                  "epochs": epochs, "dense_baseline": baseline,
                                   "dense_ndcg@10": rows[0]["ndcg@10"]}
     for d in args.densities:
         runs = {

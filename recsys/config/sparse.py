@@ -47,11 +47,17 @@ class SparseConfig:
     stop_at: Annotated[float, Interval(gt=0, le=1)] = 0.75  # share of training steps after
     # ^ which the masks stay fixed
     seed: int = 0  # random masks and random regrowth
+    dense_baseline: tuple[str, ...] = ()  # KEY=VALUE overrides of the dense model this config
+    # ^ is measured against (benchmarks/sparse.py's dense runs), where the sparse model is tuned
+    # ^ apart from it (e.g. less dropout): the comparison keeps the dense model at its own best
 
     def __post_init__(self):
         if self.prune_end > self.prune_start:
             raise _Invalid("prune_end", f"{self.prune_end} must not exceed prune_start "
                                         f"{self.prune_start}")
+        bad = [item for item in self.dense_baseline if "=" not in item]
+        if bad:
+            raise _Invalid("dense_baseline", f"{bad[0]!r} is not KEY=VALUE")
         if self.init_from is not None and self.init != "magnitude":
             raise _Invalid("init_from", "starting from trained weights needs init: magnitude "
                                         "(random masks would throw the training away)")

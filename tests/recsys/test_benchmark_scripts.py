@@ -23,8 +23,8 @@ def test_the_benchmark_scripts_start(script):
     assert "usage:" in done.stdout
 
 
-def test_the_sparse_benchmark_gives_its_dense_runs_their_own_overrides(config, tmp_path,
-                                                                       monkeypatch):
+def test_the_sparse_benchmark_trains_its_dense_runs_at_the_dense_baseline(config, tmp_path,
+                                                                         monkeypatch):
     spec = importlib.util.spec_from_file_location("sparse_benchmark", BENCHMARKS / "sparse.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
@@ -37,13 +37,13 @@ def test_the_sparse_benchmark_gives_its_dense_runs_their_own_overrides(config, t
     monkeypatch.setattr(benchmark, "fit", recording_fit)
     raw = config_to_dict(config)
     raw["train"].update(epochs=2, patience=2)
-    raw["sparse"] = {"params": ["item_emb.weight"], "density": 0.5}
+    raw["sparse"] = {"params": ["item_emb.weight"], "density": 0.5,
+                     "dense_baseline": ["model.sasrec.dropout=0.3"]}
     path = tmp_path / "sparse.yaml"
     path.write_text(yaml.safe_dump(raw))
     summary = benchmark.main(["--config", str(path), "--densities", "0.5",
                               "--set", f"data.raw={config.data.raw}",
-                              "--set", f"data.dir={config.data.dir}",
-                              "--dense-set", "model.sasrec.dropout=0.3"])
+                              "--set", f"data.dir={config.data.dir}"])
     assert trained == [(False, 0.3), (False, 0.3), (True, 0.1), (True, 0.1), (True, 0.1)]
-    assert summary["dense_set"] == ["model.sasrec.dropout=0.3"]
+    assert summary["dense_baseline"] == ["model.sasrec.dropout=0.3"]
     assert 0 < summary["param_bytes_ratio@0.5"] < 1

@@ -176,6 +176,7 @@ def test_bad_patterns_are_refused_naming_the_key(pattern, message):
     ({"density": 0}, "sparse.density"), ({"density": 1.5}, "sparse.density"),
     ({"update_every": 0}, "sparse.update_every"), ({"prune_end": 0.9}, "sparse.prune_end"),
     ({"relative_density": {"x": 0}}, "sparse.relative_density.x"),
+    ({"dense_baseline": ["train.lr"]}, "sparse.dense_baseline"),
 ])
 def test_bad_sparse_values_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
