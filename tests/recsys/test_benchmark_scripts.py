@@ -28,11 +28,13 @@ def test_the_sparse_benchmark_trains_its_dense_runs_at_the_dense_baseline(config
     spec = importlib.util.spec_from_file_location("sparse_benchmark", BENCHMARKS / "sparse.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    trained = []
+    trained, results = [], []
 
     def recording_fit(cfg):
-        trained.append((cfg.sparse.enabled, cfg.model.sasrec.dropout))
-        return fit(cfg)
+        trained.append((cfg.sparse.enabled, cfg.model.sasrec.dropout, cfg.train.seed,
+                        cfg.sparse.seed))
+        results.append(fit(cfg))
+        return results[-1]
 
     monkeypatch.setattr(benchmark, "fit", recording_fit)
     raw = config_to_dict(config)
@@ -41,9 +43,21 @@ def test_the_sparse_benchmark_trains_its_dense_runs_at_the_dense_baseline(config
                      "dense_baseline": ["model.sasrec.dropout=0.3"]}
     path = tmp_path / "sparse.yaml"
     path.write_text(yaml.safe_dump(raw))
-    summary = benchmark.main(["--config", str(path), "--densities", "0.5",
+    summary = benchmark.main(["--config", str(path), "--densities", "0.5", "--repeats", "2",
                               "--set", f"data.raw={config.data.raw}",
                               "--set", f"data.dir={config.data.dir}"])
-    assert trained == [(False, 0.3), (False, 0.3), (True, 0.1), (True, 0.1), (True, 0.1)]
+    seed = config.train.seed
+    assert trained == [(False, 0.3, seed, 0), (False, 0.3, seed, 0), (True, 0.1, seed, 0),
+                       (True, 0.1, seed, 0), (True, 0.1, seed, 0),
+                       (False, 0.3, seed + 1, 1), (False, 0.3, seed + 1, 1),
+                       (True, 0.1, seed + 1, 1), (True, 0.1, seed + 1, 1),
+                       (True, 0.1, seed + 1, 1)]
     assert summary["dense_baseline"] == ["model.sasrec.dropout=0.3"]
     assert 0 < summary["param_bytes_ratio@0.5"] < 1
+    ndcg = [r.metrics["test"]["ndcg@10"] for r in results]  # dense, half, dynamic ... per repeat
+    mean_dense, mean_dynamic = (ndcg[0] + ndcg[5]) / 2, (ndcg[2] + ndcg[7]) / 2
+    assert summary["dense_ndcg@10"] == pytest.approx(mean_dense, abs=1e-5)
+    assert summary["ndcg_ratio_vs_dense@0.5"] == pytest.approx(mean_dynamic / mean_dense,
+                                                              rel=1e-3)
+    assert summary["ndcg_ratio_vs_dense@0.5_by_repeat"] == [
+        pytest.approx(ndcg[2] / ndcg[0], rel=1e-3), pytest.approx(ndcg[7] / ndcg[5], rel=1e-3)]
