@@ -135,6 +135,10 @@ def _mean_rows(repeats: list[list[dict]]) -> list[dict]:
     return means
 
 
+def _by_run(rows: list[dict]) -> dict[str, dict]:
+    return {r["run"]: r for r in rows}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k", help="folder name under --data-root")
@@ -160,8 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
     dense_config = load_config(args.config, [*overrides, *baseline])
     repeats = [_one_repeat(_seeded(config, r), _seeded(dense_config, r), args.densities)
                for r in range(args.repeats)]
+    per_repeat = [_by_run(rows) for rows, _ in repeats]
     rows = _mean_rows([rows for rows, _ in repeats])
-    by_run = {r["run"]: r for r in rows}
+    by_run = _by_run(rows)
     dense = by_run["dense"]
     summary: dict[str, object] = {"dataset": args.dataset, "model": config.model.name,
                                   "epochs": config.train.epochs, "repeats": args.repeats,
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.repeats > 1:  # the spread the means hide
             summary[f"ndcg_ratio_vs_dense@{d}_by_repeat"] = [
                 round(by[f"dynamic@{d}"]["ndcg@10"] / by["dense"]["ndcg@10"], 4)
-                for by in ({r["run"]: r for r in rows_r} for rows_r, _ in repeats)]
+                for by in per_repeat]
     keys = ("run", "ndcg@10", "recall@10", "param_bytes", "bytes_ratio", "s_per_epoch",
             "time_ratio", "test_seconds")
     print(table(keys, [tuple(r[k] for k in keys) for r in rows]))
