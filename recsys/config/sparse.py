@@ -38,6 +38,8 @@ class SparseConfig:
     growth: Literal["gradient", "accumulated", "random"] = "gradient"  # regrow by |gradient|
     # ^ of the step (RigL, DSL), by |sum of the gradients since the last update| or uniformly
     # ^ at random (SET)
+    protect_regrown: bool = False  # weights regrown at one update cannot be pruned at the
+    # ^ next: they start at zero, so magnitude pruning would take them back before they grew
     init: Literal["random", "magnitude"] = "random"  # first masks: uniformly at random, or the
     # ^ largest-magnitude weights of the start (with `init_from`: pruning a trained model)
     init_from: str | None = None  # run dir whose best weights the model starts from

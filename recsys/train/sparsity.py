@@ -7,7 +7,9 @@ every optimizer step the inactive weights and their optimizer state are zeroed a
 moments would otherwise keep moving a weight pruned a step ago). Every `update_every` steps,
 until `stop_at` of training, each tensor drops the smallest-magnitude share of its active weights
 and regrows as many inactive ones, by the magnitude of the step's dense gradient (RigL, DSL), of
-the dense gradients summed since the last update, or at random (SET); regrown weights start at 0.
+the dense gradients summed since the last update, or at random (SET); regrown weights start at 0,
+and with `protect_regrown` they are spared at the next update (the smallest weights of a tensor
+are otherwise largely the ones just regrown, pruned again before they had an interval to grow).
 The sum matters for embedding tables trained with in-batch negatives: one batch's gradient
 touches only that batch's rows, so RigL's rule would regrow nearly all weights into them.
 
@@ -57,6 +59,7 @@ class DynamicSparsity(Hook):
                  ", ".join(f"{n} {shares[n]:.3f}" for n in shares))
         self.accumulated = ({n: torch.zeros_like(p) for n, p in self.params.items()}
                             if config.growth == "accumulated" else {})  # since the last update
+        self.regrown: dict[str, torch.Tensor] = {}  # at the last update (protect_regrown)
         self._apply(optimizer=None)
 
     # -- loop events ------------------------------------------------------------------------
@@ -77,7 +80,7 @@ class DynamicSparsity(Hook):
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": dict(self.masks), "accumulated": dict(self.accumulated),
-                "generator": self.generator.get_state()}
+                "regrown": dict(self.regrown), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["masks"]) != set(self.masks):
@@ -87,6 +90,8 @@ class DynamicSparsity(Hook):
                       for n, m in state["masks"].items()}
         self.accumulated = {n: g.to(self.params[n].device)
                             for n, g in state.get("accumulated", {}).items()}
+        self.regrown = {n: m.to(self.params[n].device, torch.bool)
+                        for n, m in state.get("regrown", {}).items()}
         self.generator.set_state(state["generator"])
         self._apply(optimizer=None)
 
@@ -134,8 +139,10 @@ class DynamicSparsity(Hook):
             n_swap = min(int(share * mask.sum()), int((~mask).sum()))
             if n_swap == 0:
                 continue
+            prunable = mask & ~self.regrown[name].flatten() if name in self.regrown else mask
+            n_swap = min(n_swap, int(prunable.sum()))
             weight = p.detach().flatten().abs().float()
-            drop = weight.masked_fill(~mask, math.inf).topk(n_swap, largest=False).indices
+            drop = weight.masked_fill(~prunable, math.inf).topk(n_swap, largest=False).indices
             mask[drop] = False
             if self.config.growth == "accumulated":
                 score = self.accumulated[name].flatten().abs().float()
@@ -146,6 +153,8 @@ class DynamicSparsity(Hook):
             grow = score.masked_fill(mask, -math.inf).topk(n_swap).indices
             mask[grow] = True
             self.masks[name] = mask.view(p.shape)
+            if self.config.protect_regrown:
+                self.regrown[name] = torch.zeros_like(mask).index_fill_(0, grow, True).view(p.shape)
             p.view(-1)[grow] = 0.0  # regrown weights start at zero (RigL); their optimizer
             # state is zero already (inactive weights get no gradient)
         self._apply(optimizer)

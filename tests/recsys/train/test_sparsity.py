@@ -133,6 +133,28 @@ def test_an_update_prunes_the_smallest_and_regrows_the_largest_gradients():
     assert after.flatten()[wanted].all()
 
 
+@pytest.mark.parametrize("protect", [False, True])
+def test_protected_regrown_weights_survive_the_next_update(protect):
+    cfg = SparseConfig(params=("layer.weight",), density=0.5, update_every=2,
+                       prune_start=0.2, prune_end=0.2, protect_regrown=protect)
+    model, hook, ctx = _toy_context(cfg)
+    ctx.optimizer.param_groups[0]["lr"] = 0.0  # regrown weights stay at 0: the smallest active
+    def inactive_gradient():  # so a weight pruned at an update is not regrown at once
+        return torch.randn(10, 10) * ~hook.masks["layer.weight"]
+
+    _step(model, hook, ctx, inactive_gradient())
+    before = hook.masks["layer.weight"].clone()
+    _step(model, hook, ctx, inactive_gradient())  # step 2: 10 of the 50 active swapped
+    regrown = hook.masks["layer.weight"] & ~before
+    assert int(regrown.sum()) == 10 and not model.layer.weight.detach()[regrown].any()
+    _step(model, hook, ctx, inactive_gradient())
+    _step(model, hook, ctx, inactive_gradient())  # step 4: the next update
+    after = hook.masks["layer.weight"]
+    assert int(after.sum()) == 50
+    kept = int((after & regrown).sum())
+    assert kept == (10 if protect else 0)  # unprotected, the zeros are the first to go
+
+
 @pytest.mark.parametrize("growth", ["gradient", "accumulated"])
 def test_accumulated_growth_follows_the_window_not_the_last_step(growth):
     cfg = SparseConfig(params=("layer.weight",), density=0.5, update_every=4,
@@ -216,11 +238,12 @@ def _model(config):
     return new_model(config, dataset, split)
 
 
-@pytest.mark.parametrize("growth", ["gradient", "accumulated"])
-def test_a_resumed_sparse_run_continues_identically(config, growth):
+@pytest.mark.parametrize("section", [{"growth": "gradient"}, {"growth": "accumulated"},
+                                     {"protect_regrown": True}])
+def test_a_resumed_sparse_run_continues_identically(config, section):
     sparse = _sparse(dataclasses.replace(config, train=dataclasses.replace(config.train,
                                                                            epochs=5)),
-                     growth=growth)
+                     **section)
     with pytest.raises(Stop):
         fit(sparse, hooks=[StopAt(2)])
     (run_dir,) = Path(sparse.train.runs_dir).iterdir()
