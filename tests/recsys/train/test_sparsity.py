@@ -139,6 +139,7 @@ def test_protected_regrown_weights_survive_the_next_update(protect):
                        prune_start=0.2, prune_end=0.2, protect_regrown=protect)
     model, hook, ctx = _toy_context(cfg)
     ctx.optimizer.param_groups[0]["lr"] = 0.0  # regrown weights stay at 0: the smallest active
+
     def inactive_gradient():  # so a weight pruned at an update is not regrown at once
         return torch.randn(10, 10) * ~hook.masks["layer.weight"]
 
